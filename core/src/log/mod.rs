@@ -1,0 +1,1 @@
+//! Embedded append-only log (being written).
