@@ -4,5 +4,17 @@
 //! sequence, `hash(key) % shards`) → shards (sequence check, reorder, logic stage,
 //! per-epoch output buffers) → committer (one atomic transaction per epoch on the
 //! embedded log, carrying the consumed input offsets).
+#![warn(missing_docs)]
 
+pub mod batch;
+pub mod commit;
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod hash;
 pub mod log;
+pub mod router;
+pub mod shard;
+pub mod stage;
+pub mod stats;
+pub mod workload;

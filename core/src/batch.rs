@@ -1,0 +1,180 @@
+//! The units that travel between threads: batches of decoded events (router → shard)
+//! and buffers of output records (shard/router → committer). Both are reused, so the
+//! steady state allocates nothing per record.
+
+use crate::decode::Value;
+
+/// One decoded input record inside an [`EventBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Event {
+    /// Dense index of the (source, partition) the record came from.
+    pub input: u32,
+    /// Offset in that partition.
+    pub offset: u64,
+    /// Append time of the record in its log (ms since the Unix epoch).
+    pub ts_ms: u64,
+    /// `stable_hash(key)`.
+    pub key_hash: u64,
+    /// Key bytes in the arena.
+    pub key: (u32, u32),
+    /// Per-key sequence number (0 when sequences are off).
+    pub seq: u64,
+    /// Raw record bytes in the arena (for dead letters).
+    pub raw: (u32, u32),
+}
+
+/// Events for one shard, with their field values and an arena for their bytes.
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    /// Bytes of keys, strings and raw records.
+    pub arena: Vec<u8>,
+    /// The events, in arrival order.
+    pub events: Vec<Event>,
+    /// `slots` values per event, event `i` at `i * slots ..`.
+    pub values: Vec<Value>,
+    /// Whether these events are being replayed (outputs suppressed).
+    pub replay: bool,
+}
+
+impl EventBatch {
+    /// Empties the batch, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.events.clear();
+        self.values.clear();
+        self.replay = false;
+    }
+
+    /// Bytes of a range in the arena.
+    #[inline]
+    pub fn bytes(&self, r: (u32, u32)) -> &[u8] {
+        &self.arena[r.0 as usize..(r.0 + r.1) as usize]
+    }
+}
+
+/// One record for the committer to append.
+#[derive(Debug, Clone, Copy)]
+pub struct OutRec {
+    /// Partition of the target topic.
+    pub partition: u32,
+    /// Key range in [`OutBuf::data`].
+    pub key: (u32, u32),
+    /// Value range in [`OutBuf::data`].
+    pub value: (u32, u32),
+}
+
+/// Output records of one topic, sharing one byte buffer.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    /// Bytes of all keys and values.
+    pub data: Vec<u8>,
+    /// The records in order.
+    pub recs: Vec<OutRec>,
+}
+
+impl OutBuf {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// No records?
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    /// Appends a record whose value is written by `write`.
+    #[inline]
+    pub fn push_with(&mut self, partition: u32, key: &[u8], write: impl FnOnce(&mut Vec<u8>)) {
+        let ks = self.data.len() as u32;
+        self.data.extend_from_slice(key);
+        let vs = self.data.len() as u32;
+        write(&mut self.data);
+        let ve = self.data.len() as u32;
+        self.recs.push(OutRec {
+            partition,
+            key: (ks, key.len() as u32),
+            value: (vs, ve - vs),
+        });
+    }
+
+    /// Iterates `(partition, key, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8], &[u8])> {
+        self.recs.iter().map(|r| {
+            (
+                r.partition,
+                &self.data[r.key.0 as usize..(r.key.0 + r.key.1) as usize],
+                &self.data[r.value.0 as usize..(r.value.0 + r.value.1) as usize],
+            )
+        })
+    }
+}
+
+/// Writes `s` as a JSON string literal (with quotes) into `out`; invalid UTF-8 is
+/// replaced with U+FFFD.
+#[inline]
+pub fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
+    // hot path: plain printable ASCII needs no escaping and no UTF-8 check.
+    if s.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+        return;
+    }
+    let text = String::from_utf8_lossy(s);
+    // serde_json escapes exactly as JSON requires.
+    serde_json::to_writer(&mut *out, text.as_ref()).expect("writing to a Vec cannot fail");
+}
+
+/// Writes an integer in decimal without allocating.
+#[inline]
+pub fn write_int(out: &mut Vec<u8>, n: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Writes an unsigned integer in decimal without allocating.
+#[inline]
+pub fn write_uint(out: &mut Vec<u8>, n: u64) {
+    if let Ok(i) = i64::try_from(n) {
+        write_int(out, i);
+    } else {
+        out.extend_from_slice(n.to_string().as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_text() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, b"plain");
+        write_json_str(&mut out, "quo\"te\\ \u{e9}\n".as_bytes());
+        write_json_str(&mut out, b"\xff");
+        write_int(&mut out, i64::MIN);
+        write_int(&mut out, 0);
+        write_uint(&mut out, u64::MAX);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"plain\"\"quo\\\"te\\\\ \u{e9}\\n\"\"\u{fffd}\"-9223372036854775808018446744073709551615"
+        );
+    }
+}

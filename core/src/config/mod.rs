@@ -1,0 +1,636 @@
+//! The TOML pipeline file: parsed, checked and turned into a typed [`Pipeline`].
+//!
+//! [`Pipeline::parse`] is pure (no I/O beyond what the caller passes in): it reports
+//! *all* problems at once, each with its TOML path and line. The engine then does the
+//! I/O (`Engine::open`). The reference for every key is `docs/configuration.md`.
+
+mod walk;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use walk::parse_duration;
+use walk::{Cx, Table};
+
+use crate::log::FsyncPolicy;
+
+/// One configuration problem, located by its TOML path (and line where known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted TOML path, e.g. `pipeline.shards` or `view.fields.balance.op`.
+    pub path: String,
+    /// 1-based line in the pipeline file.
+    pub line: Option<usize>,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{} (line {l}): {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The file the errors are about.
+    pub file: String,
+    /// All errors, in document order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{} in the pipeline file",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A dotted path to a field of a JSON record, e.g. `account` or `data.account`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldPath(pub Vec<String>);
+
+impl FieldPath {
+    /// Parses `a.b.c`; every segment must be non-empty.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("field path must not be empty".into());
+        }
+        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(format!(
+                "invalid field path \"{s}\": empty segment (use names separated by single dots, e.g. \"data.account\")"
+            ));
+        }
+        Ok(FieldPath(parts))
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+/// Record format of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per record.
+    Json,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// Unique name; committed offsets are stored under it.
+    pub name: String,
+    /// Embedded log directory (resolved against the pipeline file's folder).
+    pub path: PathBuf,
+    /// Topic inside the log.
+    pub topic: String,
+    /// Record format.
+    pub format: Format,
+    /// JSON-lines file loaded into the log on first start (when the topic does not exist yet).
+    pub load: Option<PathBuf>,
+    /// Partitions of the topic when `load` creates it.
+    pub load_partitions: u32,
+}
+
+/// How records are keyed and ordered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyConfig {
+    /// Field holding the key (string or integer).
+    pub field: FieldPath,
+    /// Field holding the per-key sequence number; `None` turns sequence checks off.
+    pub sequence: Option<FieldPath>,
+    /// The first sequence number of every key.
+    pub sequence_start: u64,
+}
+
+/// Bounds of the reorder buffer that holds records that arrived ahead of a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReorderConfig {
+    /// Most records held at once per shard; a further early record is dead-lettered.
+    pub capacity: usize,
+    /// A held record is dead-lettered once its partition has moved this many offsets past it.
+    pub window: u64,
+}
+
+/// One reducer of the view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReducerOp {
+    /// Number of records.
+    Count,
+    /// Sum of a numeric field (integers with overflow checked, floats otherwise).
+    Sum(FieldPath),
+    /// Smallest value of a numeric field.
+    Min(FieldPath),
+    /// Largest value of a numeric field.
+    Max(FieldPath),
+    /// Value of a field in the latest record that has it.
+    Last(FieldPath),
+    /// Distinct values of a field (sorted).
+    Set(FieldPath),
+}
+
+/// An output field of the view: a reducer, optionally only over records that match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reducer {
+    /// Output field name.
+    pub name: String,
+    /// The operation.
+    pub op: ReducerOp,
+    /// Only records whose fields equal these values count (`when = { type = "credit" }`).
+    pub when: Vec<(FieldPath, serde_json::Value)>,
+}
+
+/// When the view emits its upserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitMode {
+    /// One upsert per changed key per epoch (the latest state; compact and fast).
+    PerEpoch,
+    /// One upsert per applied record (a full change stream).
+    PerEvent,
+}
+
+/// The first logic stage: a per-key fold whose result is written as upserts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewConfig {
+    /// Output topic (in the state log).
+    pub topic: String,
+    /// Partitions of the output topic.
+    pub partitions: u32,
+    /// Upsert emission.
+    pub emit: EmitMode,
+    /// Output fields, in declaration order.
+    pub fields: Vec<Reducer>,
+}
+
+/// A fully checked pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// Pipeline name.
+    pub name: String,
+    /// Worker shards (threads owning key state).
+    pub shards: usize,
+    /// Epoch length: how often outputs and offsets are committed.
+    pub commit_interval: Duration,
+    /// Directory of the state log (outputs, dead letters, commit markers).
+    pub state_dir: PathBuf,
+    /// Durability of commits.
+    pub fsync: FsyncPolicy,
+    /// Inputs.
+    pub sources: Vec<SourceConfig>,
+    /// Key and sequence extraction.
+    pub key: KeyConfig,
+    /// Reorder buffer bounds.
+    pub reorder: ReorderConfig,
+    /// The per-key fold.
+    pub view: ViewConfig,
+    /// Topic (in the state log) that receives dead letters.
+    pub dead_letter_topic: String,
+}
+
+/// Defaults, in one place.
+pub mod defaults {
+    use std::time::Duration;
+    /// Shard threads.
+    pub const SHARDS: usize = 2;
+    /// Epoch length.
+    pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+    /// Reorder buffer capacity per shard.
+    pub const REORDER_CAPACITY: usize = 10_000;
+    /// Reorder window in offsets of the record's partition.
+    pub const REORDER_WINDOW: u64 = 100_000;
+    /// Output topic partitions.
+    pub const OUTPUT_PARTITIONS: u32 = 4;
+    /// Partitions of a topic created by `load`.
+    pub const LOAD_PARTITIONS: u32 = 4;
+    /// First sequence number of a key.
+    pub const SEQUENCE_START: u64 = 1;
+    /// Dead-letter topic.
+    pub const DEAD_LETTER_TOPIC: &str = "dead_letters";
+}
+
+const MAX_SHARDS: i64 = 256;
+const MAX_PARTITIONS: i64 = 4096;
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && s != "."
+        && s != ".."
+}
+
+impl Pipeline {
+    /// Reads and checks a pipeline file; relative paths resolve against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&src, &base).map_err(|errors| ConfigErrors { file, errors })
+    }
+
+    /// Checks a pipeline given as text. `base` is the folder relative paths resolve against.
+    pub fn parse(src: &str, base: &Path) -> Result<Self, Vec<ConfigError>> {
+        let mut cx = Cx::new(src);
+        let (doc, parse_errors) = toml::de::DeTable::parse_recoverable(src);
+        for e in parse_errors {
+            let line = e.span().map(|s| cx.line_of(s.start));
+            cx.errors.push(ConfigError {
+                path: "(syntax)".into(),
+                line,
+                message: e.message().trim().to_string(),
+            });
+        }
+        let doc = doc.into_inner();
+        let mut root = Table::root(&doc);
+        let resolve = |p: String| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { base.join(p) }
+        };
+
+        // [pipeline]
+        let mut t = root.table(&mut cx, "pipeline");
+        if !t.is_present() {
+            cx.error(
+                "pipeline",
+                None,
+                "the [pipeline] table is required (with at least `name`)",
+            );
+        }
+        let name = t.required_string(&mut cx, "name");
+        if let Some(n) = &name
+            && !valid_name(n)
+        {
+            cx.error(
+                "pipeline.name",
+                t.span(),
+                format!("\"{n}\" is not a valid name: use letters, digits, '_', '-' or '.'"),
+            );
+        }
+        let shards = t
+            .int(&mut cx, "shards", 1, MAX_SHARDS)
+            .map(|n| n as usize)
+            .unwrap_or(defaults::SHARDS);
+        let commit_interval = t
+            .duration(
+                &mut cx,
+                "commit_interval",
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            )
+            .unwrap_or(defaults::COMMIT_INTERVAL);
+        let state_dir = t.string(&mut cx, "state_dir");
+        let fsync = match t
+            .choice(&mut cx, "fsync", &["every_commit", "never"])
+            .as_deref()
+        {
+            Some("never") => FsyncPolicy::Never,
+            _ => FsyncPolicy::EveryCommit,
+        };
+        t.finish(&mut cx);
+        let state_dir = resolve(
+            state_dir.unwrap_or_else(|| format!("data/{}", name.as_deref().unwrap_or("pipeline"))),
+        );
+
+        // [[sources]]
+        let mut sources = Vec::new();
+        let source_tables = root.tables(&mut cx, "sources");
+        if source_tables.is_empty() {
+            cx.error(
+                "sources",
+                None,
+                "at least one [[sources]] entry is required",
+            );
+        }
+        for mut s in source_tables {
+            let sname = s.required_string(&mut cx, "name");
+            if let Some(n) = &sname {
+                if !valid_name(n) {
+                    cx.error(
+                        &walk::join(&s.path, "name"),
+                        s.span(),
+                        format!(
+                            "\"{n}\" is not a valid name: use letters, digits, '_', '-' or '.'"
+                        ),
+                    );
+                }
+                if sources.iter().any(|x: &SourceConfig| &x.name == n) {
+                    cx.error(
+                        &walk::join(&s.path, "name"),
+                        s.span(),
+                        format!("duplicate source name \"{n}\""),
+                    );
+                }
+            }
+            let ty = s.choice(&mut cx, "type", &["log"]);
+            if ty.is_none() && s.keys().iter().all(|k| k != "type") {
+                cx.error(
+                    &walk::join(&s.path, "type"),
+                    s.span(),
+                    "is required (\"log\": the embedded log)",
+                );
+            }
+            let path = s.required_string(&mut cx, "path");
+            let topic = s
+                .string(&mut cx, "topic")
+                .unwrap_or_else(|| "events".into());
+            if !valid_name(&topic) {
+                cx.error(
+                    &walk::join(&s.path, "topic"),
+                    s.span(),
+                    format!("\"{topic}\" is not a valid topic name"),
+                );
+            }
+            let _ = s.choice(&mut cx, "format", &["json"]);
+            let load = s.string(&mut cx, "load").map(&resolve);
+            let load_partitions = s
+                .int(&mut cx, "load_partitions", 1, MAX_PARTITIONS)
+                .map(|n| n as u32)
+                .unwrap_or(defaults::LOAD_PARTITIONS);
+            s.finish(&mut cx);
+            if let (Some(name), Some(path)) = (sname, path) {
+                sources.push(SourceConfig {
+                    name,
+                    path: resolve(path),
+                    topic,
+                    format: Format::Json,
+                    load,
+                    load_partitions,
+                });
+            }
+        }
+
+        // [key]
+        let mut k = root.table(&mut cx, "key");
+        if !k.is_present() {
+            cx.error(
+                "key",
+                None,
+                "the [key] table is required (with `field`, and usually `sequence`)",
+            );
+        }
+        let key_field = k.field_path(&mut cx, "field");
+        if k.is_present() && key_field.is_none() && k.keys().iter().all(|x| x != "field") {
+            cx.error(
+                "key.field",
+                k.span(),
+                "is required: the JSON field that holds the key",
+            );
+        }
+        let sequence = k.field_path(&mut cx, "sequence");
+        let sequence_start = k
+            .int(&mut cx, "sequence_start", 0, i64::MAX)
+            .map(|n| n as u64)
+            .unwrap_or(defaults::SEQUENCE_START);
+        k.finish(&mut cx);
+
+        // [reorder]
+        let mut r = root.table(&mut cx, "reorder");
+        let reorder = ReorderConfig {
+            capacity: r
+                .int(&mut cx, "capacity", 0, 100_000_000)
+                .map(|n| n as usize)
+                .unwrap_or(defaults::REORDER_CAPACITY),
+            window: r
+                .int(&mut cx, "window", 1, i64::MAX)
+                .map(|n| n as u64)
+                .unwrap_or(defaults::REORDER_WINDOW),
+        };
+        r.finish(&mut cx);
+
+        // [view]
+        let mut v = root.table(&mut cx, "view");
+        if !v.is_present() {
+            cx.error(
+                "view",
+                None,
+                "the [view] table is required: the read model this pipeline folds per key",
+            );
+        }
+        let view_topic = v.required_string(&mut cx, "topic");
+        if let Some(t) = &view_topic
+            && !valid_name(t)
+        {
+            cx.error(
+                "view.topic",
+                v.span(),
+                format!("\"{t}\" is not a valid topic name"),
+            );
+        }
+        let view_partitions = v
+            .int(&mut cx, "partitions", 1, MAX_PARTITIONS)
+            .map(|n| n as u32)
+            .unwrap_or(defaults::OUTPUT_PARTITIONS);
+        let emit = match v
+            .choice(&mut cx, "emit", &["per_epoch", "per_event"])
+            .as_deref()
+        {
+            Some("per_event") => EmitMode::PerEvent,
+            _ => EmitMode::PerEpoch,
+        };
+        let mut f = v.table(&mut cx, "fields");
+        let mut fields = Vec::new();
+        if v.is_present() && !f.is_present() {
+            cx.error("view.fields", v.span(), "is required: at least one output field, e.g. balance = { op = \"sum\", field = \"amount\" }");
+        }
+        for fname in f.keys() {
+            let mut ft = f.table(&mut cx, &fname);
+            if !ft.is_present() {
+                continue;
+            }
+            if matches!(fname.as_str(), "key" | "version") {
+                cx.error(&ft.path, ft.span(), format!("\"{fname}\" is reserved: every upsert already carries the key and its version"));
+            }
+            let op = ft.choice(
+                &mut cx,
+                "op",
+                &["count", "sum", "min", "max", "last", "set"],
+            );
+            if op.is_none() && ft.keys().iter().all(|x| x != "op") {
+                cx.error(
+                    &walk::join(&ft.path, "op"),
+                    ft.span(),
+                    "is required: one of count, sum, min, max, last, set",
+                );
+            }
+            let field = ft.field_path(&mut cx, "field");
+            let mut when = Vec::new();
+            let mut wt = ft.table(&mut cx, "when");
+            for wkey in wt.keys() {
+                let Some(raw) = wt.raw(&wkey) else { continue };
+                let p = walk::join(&wt.path, &wkey);
+                match (FieldPath::parse(&wkey), scalar_json(raw.get_ref())) {
+                    (Ok(fp), Some(val)) => when.push((fp, val)),
+                    (Err(e), _) => cx.error(&p, Some(raw.span()), e),
+                    (_, None) => cx.error(
+                        &p,
+                        Some(raw.span()),
+                        "expected a string, integer, float or boolean to compare with",
+                    ),
+                }
+            }
+            wt.finish(&mut cx);
+            let needs_field = |cx: &mut Cx<'_>, field: Option<FieldPath>| -> Option<FieldPath> {
+                if field.is_none() {
+                    cx.error(
+                        &walk::join(&ft.path, "field"),
+                        ft.span(),
+                        format!("is required for op = \"{}\"", op.as_deref().unwrap_or("")),
+                    );
+                }
+                field
+            };
+            let op = match op.as_deref() {
+                Some("count") => {
+                    if field.is_some() {
+                        cx.error(
+                            &walk::join(&ft.path, "field"),
+                            ft.span(),
+                            "op = \"count\" takes no field (use `when` to count only some records)",
+                        );
+                    }
+                    Some(ReducerOp::Count)
+                }
+                Some("sum") => needs_field(&mut cx, field).map(ReducerOp::Sum),
+                Some("min") => needs_field(&mut cx, field).map(ReducerOp::Min),
+                Some("max") => needs_field(&mut cx, field).map(ReducerOp::Max),
+                Some("last") => needs_field(&mut cx, field).map(ReducerOp::Last),
+                Some("set") => needs_field(&mut cx, field).map(ReducerOp::Set),
+                _ => None,
+            };
+            ft.finish(&mut cx);
+            if let Some(op) = op {
+                fields.push(Reducer {
+                    name: fname.clone(),
+                    op,
+                    when,
+                });
+            }
+        }
+        f.finish(&mut cx);
+        v.finish(&mut cx);
+
+        // [dead_letter]
+        let mut d = root.table(&mut cx, "dead_letter");
+        let dead_letter_topic = d
+            .string(&mut cx, "topic")
+            .unwrap_or_else(|| defaults::DEAD_LETTER_TOPIC.into());
+        if !valid_name(&dead_letter_topic) {
+            cx.error(
+                "dead_letter.topic",
+                d.span(),
+                format!("\"{dead_letter_topic}\" is not a valid topic name"),
+            );
+        }
+        if view_topic.as_deref() == Some(dead_letter_topic.as_str()) {
+            cx.error("dead_letter.topic", d.span(), "must differ from view.topic");
+        }
+        d.finish(&mut cx);
+        root.finish(&mut cx);
+
+        if !cx.errors.is_empty() {
+            let mut errors = cx.errors;
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            return Err(errors);
+        }
+        Ok(Pipeline {
+            name: name.expect("checked"),
+            shards,
+            commit_interval,
+            state_dir,
+            fsync,
+            sources,
+            key: KeyConfig {
+                field: key_field.expect("checked"),
+                sequence,
+                sequence_start,
+            },
+            reorder,
+            view: ViewConfig {
+                topic: view_topic.expect("checked"),
+                partitions: view_partitions,
+                emit,
+                fields,
+            },
+            dead_letter_topic,
+        })
+    }
+
+    /// Every field path the pipeline reads from a record (key, sequence, reducers, filters),
+    /// without repeats, in a stable order. The decoder extracts exactly these.
+    pub fn referenced_fields(&self) -> Vec<FieldPath> {
+        let mut out: Vec<FieldPath> = Vec::new();
+        let mut add = |p: &FieldPath| {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        };
+        add(&self.key.field);
+        if let Some(s) = &self.key.sequence {
+            add(s);
+        }
+        for r in &self.view.fields {
+            match &r.op {
+                ReducerOp::Count => {}
+                ReducerOp::Sum(p)
+                | ReducerOp::Min(p)
+                | ReducerOp::Max(p)
+                | ReducerOp::Last(p)
+                | ReducerOp::Set(p) => add(p),
+            }
+            for (p, _) in &r.when {
+                add(p);
+            }
+        }
+        out
+    }
+}
+
+fn scalar_json(v: &toml::de::DeValue<'_>) -> Option<serde_json::Value> {
+    use toml::de::DeValue;
+    match v {
+        DeValue::String(s) => Some(serde_json::Value::String(s.to_string())),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .ok()
+            .map(Into::into),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number),
+        DeValue::Boolean(b) => Some(serde_json::Value::Bool(*b)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+use super::*;
+
+const GOOD: &str = r#"
+[pipeline]
+name = "bank"
+shards = 3
+commit_interval = "50ms"
+
+[[sources]]
+name = "ledger"
+type = "log"
+path = "data/input"
+load = "events.jsonl"
+
+[key]
+field = "account"
+sequence = "seq"
+
+[view]
+topic = "balances"
+emit = "per_event"
+
+[view.fields]
+balance = { op = "sum", field = "amount" }
+entries = { op = "count" }
+credits = { op = "count", when = { type = "credit" } }
+types = { op = "set", field = "type" }
+"#;
+
+#[test]
+fn parses_a_good_pipeline_with_defaults() {
+    let p = Pipeline::parse(GOOD, Path::new("/base")).unwrap();
+    assert_eq!(p.name, "bank");
+    assert_eq!(p.shards, 3);
+    assert_eq!(p.commit_interval, Duration::from_millis(50));
+    assert_eq!(p.state_dir, PathBuf::from("/base/data/bank"));
+    assert_eq!(p.sources[0].path, PathBuf::from("/base/data/input"));
+    assert_eq!(p.sources[0].load, Some(PathBuf::from("/base/events.jsonl")));
+    assert_eq!(p.sources[0].topic, "events");
+    assert_eq!(p.view.emit, EmitMode::PerEvent);
+    assert_eq!(p.view.fields.len(), 4);
+    assert_eq!(p.view.fields[0].name, "balance");
+    assert_eq!(
+        p.view.fields[2].when,
+        vec![(
+            FieldPath::parse("type").unwrap(),
+            serde_json::json!("credit")
+        )]
+    );
+    assert_eq!(p.reorder.capacity, defaults::REORDER_CAPACITY);
+    assert_eq!(p.dead_letter_topic, "dead_letters");
+    let names: Vec<String> = p
+        .referenced_fields()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(names, ["account", "seq", "amount", "type"]);
+}
+
+#[test]
+fn reports_every_error_at_once_with_paths_and_lines() {
+    let bad = r#"
+[pipeline]
+name = "bank"
+shards = 0
+commit_interval = "fast"
+colour = "blue"
+
+[[sources]]
+name = "ledger"
+type = "kafka"
+
+[key]
+feld = "account"
+
+[view]
+topic = "balances"
+emit = "sometimes"
+
+[view.fields]
+balance = { op = "sum" }
+total = { op = "average", field = "amount" }
+"#;
+    let errs = Pipeline::parse(bad, Path::new(".")).unwrap_err();
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let joined = text.join("\n");
+    for needle in [
+        "pipeline.shards (line 4): must be between 1 and 256, got 0",
+        "pipeline.commit_interval (line 5): invalid duration \"fast\"",
+        "pipeline.colour (line 6): unknown key",
+        "sources[0].type (line 10): unknown value \"kafka\"",
+        "sources[0].path",
+        "key.feld (line 13): unknown key; did you mean \"field\"?",
+        "key.field",
+        "view.emit (line 17): unknown value \"sometimes\"",
+        "view.fields.balance.field",
+        "view.fields.total.op (line 21): unknown value \"average\"",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+    }
+    assert!(errs.len() >= 10, "{joined}");
+}
+
+#[test]
+fn syntax_errors_have_lines() {
+    let errs = Pipeline::parse("[pipeline]\nname = \"x\nshards = 2\n", Path::new(".")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "(syntax)" && e.line == Some(2)),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let src = GOOD.replace("shards = 3", "shards = \"three\"");
+    let errs = Pipeline::parse(&src, Path::new(".")).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(
+        errs[0].to_string(),
+        "pipeline.shards (line 4): expected an integer, found a string"
+    );
+}
+
+#[test]
+fn reserved_and_duplicate_names() {
+    let src = format!("{GOOD}\nversion = {{ op = \"count\" }}\n");
+    let errs = Pipeline::parse(&src, Path::new(".")).unwrap_err();
+    assert!(errs[0].message.contains("reserved"), "{errs:?}");
+    let src = GOOD.replace(
+        "[key]",
+        "[[sources]]\nname = \"ledger\"\ntype = \"log\"\npath = \"x\"\n\n[key]",
+    );
+    let errs = Pipeline::parse(&src, Path::new(".")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("duplicate source name")),
+        "{errs:?}"
+    );
+}

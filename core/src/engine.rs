@@ -1,0 +1,681 @@
+//! Wires the pipeline together: Recovery, then router (this thread) → shard threads →
+//! committer thread, with barrier epochs. See `docs/architecture.md`.
+//!
+//! Recovery rule (no snapshots yet): the committed input offsets C come from the last
+//! commit marker in the state log; every input is replayed from offset 0 to C with
+//! outputs and dead letters suppressed, so state catches up and nothing committed is
+//! emitted twice; then processing continues from C with outputs on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+
+use crate::batch::{EventBatch, OutBuf};
+use crate::commit::{Assembler, Epoch, RouterPart};
+use crate::config::Pipeline;
+use crate::log::{
+    CommitMarker, Cursor, LogError, LogOptions, LogReader, LogWriter, RecordBuf, TopicId,
+};
+use crate::router::Router;
+use crate::shard::{InputNames, ShardCore, ShardPart, ShardSettings};
+use crate::stage::{Fold, Stage};
+use crate::stats::{Outcomes, Stats, StatsSnapshot};
+
+/// Events per batch sent to a shard.
+pub const BATCH_EVENTS: usize = 256;
+/// Batches in flight per shard (the backpressure bound).
+const SHARD_QUEUE: usize = 64;
+/// Records read from one partition per pass.
+const READ_CHUNK: usize = 4096;
+/// How often an idle router looks for new committed input.
+const IDLE_POLL: Duration = Duration::from_micros(500);
+/// Spins on an empty queue before parking (idle-core wakeups are slow).
+const SPIN_TRIES: u32 = 200;
+
+/// Why a run stopped with an error.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state log or a source log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A source topic does not exist.
+    #[error(
+        "source '{source_name}': no topic '{topic}' in the log at {path}; load data with `onceflow log append {path} --topic {topic} ...` or set `load` on the source"
+    )]
+    SourceMissing {
+        /// Source name.
+        source_name: String,
+        /// Log directory.
+        path: PathBuf,
+        /// Topic.
+        topic: String,
+    },
+    /// The state log was written with a different view layout.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A worker thread panicked (a bug): nothing of the epoch in progress was committed.
+    #[error("internal error: the {0} thread panicked; nothing after the last commit was committed")]
+    Panicked(&'static str),
+}
+
+/// What one commit did, for observers (load generator, tests).
+#[derive(Debug, Clone)]
+pub struct CommitReport {
+    /// Epoch number.
+    pub epoch: u64,
+    /// Output records.
+    pub outputs: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Next offset per input at the commit.
+    pub positions: Vec<u64>,
+    /// Wall-clock time of the commit (µs since the Unix epoch).
+    pub commit_us: u64,
+}
+
+/// Observer called after every commit.
+pub type CommitHook = Box<dyn FnMut(&CommitReport) + Send>;
+
+/// How to run.
+pub struct RunOptions {
+    /// Stop once the inputs present at start are processed and committed.
+    pub until_end: bool,
+    /// Set to finish the current epoch, commit it and stop (SIGINT/SIGTERM).
+    pub stop: Arc<AtomicBool>,
+    /// Shared counters (the caller may read them while the run goes on).
+    pub stats: Arc<Stats>,
+    /// Called after every commit.
+    pub on_commit: Option<CommitHook>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            until_end: true,
+            stop: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(Stats::default()),
+            on_commit: None,
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Counters at the end.
+    pub stats: StatsSnapshot,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Time spent replaying to the committed offsets.
+    pub recovery: Duration,
+    /// Keys with state at the end.
+    pub keys: usize,
+    /// Records processed by this run beyond the replay.
+    pub new_records: u64,
+}
+
+enum ShardMsg {
+    Batch(EventBatch),
+    Barrier(u64),
+}
+
+enum CommitMsg {
+    Router(RouterPart),
+    Shard(usize, ShardPart),
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a pipeline with the built-in fold stage.
+pub fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
+    let slots = p.referenced_fields();
+    let stage = Arc::new(Fold::new(&p.view.fields, &slots));
+    run_with_stage(p, stage, opts)
+}
+
+struct Input {
+    source: usize,
+    partition: u32,
+    cursor: Cursor,
+    replay_to: u64,
+    end_at_start: u64,
+}
+
+/// Runs a pipeline with any [`Stage`].
+pub fn run_with_stage<S: Stage>(
+    p: &Pipeline,
+    stage: Arc<S>,
+    mut opts: RunOptions,
+) -> Result<RunSummary, EngineError> {
+    let started = Instant::now();
+    let stats = opts.stats.clone();
+
+    // State log: outputs, dead letters and commit markers.
+    let mut writer = LogWriter::open(
+        &p.state_dir,
+        LogOptions {
+            fsync: p.fsync,
+            ..LogOptions::default()
+        },
+    )?;
+    let view_topic = match writer.topic(&p.view.topic) {
+        Some((_, n)) if n != p.view.partitions => {
+            return Err(EngineError::Incompatible(format!(
+                "view.partitions is {} but the state log at {} holds topic '{}' with {n} partitions; \
+                 put back `partitions = {n}`, or move the state directory away to rebuild from the inputs",
+                p.view.partitions,
+                p.state_dir.display(),
+                p.view.topic
+            )));
+        }
+        _ => writer.ensure_topic(&p.view.topic, p.view.partitions)?,
+    };
+    let dead_topic = writer.ensure_topic(&p.dead_letter_topic, 1)?;
+    let mut epoch = writer.last_marker().map(|m| m.epoch + 1).unwrap_or(1);
+
+    // Sources and the committed offsets to replay up to.
+    let mut readers = Vec::new();
+    let mut inputs = Vec::new();
+    let mut names = Vec::new();
+    for (si, s) in p.sources.iter().enumerate() {
+        let reader = match LogReader::open(&s.path, &s.topic) {
+            Ok(r) => r,
+            Err(LogError::NoSuchTopic { .. } | LogError::NotALog { .. }) => {
+                return Err(EngineError::SourceMissing {
+                    source_name: s.name.clone(),
+                    path: s.path.clone(),
+                    topic: s.topic.clone(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let committed = writer.committed_inputs(&s.name);
+        for part in 0..reader.partitions() {
+            let c = committed
+                .iter()
+                .find(|(q, _)| *q == part)
+                .map(|(_, o)| *o)
+                .unwrap_or(0);
+            let end = reader.committed_end(part);
+            if c > end {
+                return Err(EngineError::Incompatible(format!(
+                    "source '{}' partition {part}: the state log says offsets up to {c} were consumed, but the log at {} ends at {end}; \
+                     the input log was replaced or truncated, so the state cannot be trusted: move the state directory {} away to rebuild",
+                    s.name,
+                    s.path.display(),
+                    p.state_dir.display()
+                )));
+            }
+            inputs.push(Input {
+                source: si,
+                partition: part,
+                cursor: reader.cursor(part, 0)?,
+                replay_to: c,
+                end_at_start: end,
+            });
+            names.push((s.name.clone(), part));
+        }
+        readers.push(reader);
+    }
+    let names: InputNames = Arc::new(names);
+    stats
+        .committed_input
+        .store(inputs.iter().map(|i| i.replay_to).sum(), Ordering::Relaxed);
+    stats.source_end.store(
+        inputs.iter().map(|i| i.end_at_start).sum(),
+        Ordering::Relaxed,
+    );
+
+    let n = p.shards;
+    let settings = ShardSettings::new(p);
+    let (commit_tx, commit_rx) = bounded::<CommitMsg>(n * 8 + 8);
+    let (pool_tx, pool_rx) = bounded::<EventBatch>(n * (SHARD_QUEUE + 4));
+    let mut shard_txs = Vec::with_capacity(n);
+    let mut shard_rxs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = bounded::<ShardMsg>(SHARD_QUEUE);
+        shard_txs.push(tx);
+        shard_rxs.push(rx);
+    }
+
+    let mut router = Router::new(p, names.clone());
+    let source_names: Vec<String> = p.sources.iter().map(|s| s.name.clone()).collect();
+    let on_commit = opts.on_commit.take();
+
+    std::thread::scope(|scope| {
+        let mut shard_handles = Vec::with_capacity(n);
+        for (i, rx) in shard_rxs.into_iter().enumerate() {
+            let core = ShardCore::new(stage.clone(), settings.clone(), names.clone());
+            let (commit_tx, pool_tx, stats) = (commit_tx.clone(), pool_tx.clone(), stats.clone());
+            shard_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("onceflow-shard-{i}"))
+                    .spawn_scoped(scope, move || {
+                        shard_loop(i, core, rx, commit_tx, pool_tx, &stats)
+                    })
+                    .expect("spawn shard thread"),
+            );
+        }
+        drop(pool_tx);
+        let committer = {
+            let stats = stats.clone();
+            let names = names.clone();
+            std::thread::Builder::new()
+                .name("onceflow-committer".into())
+                .spawn_scoped(scope, move || {
+                    committer_loop(
+                        writer,
+                        view_topic,
+                        dead_topic,
+                        n,
+                        commit_rx,
+                        &names,
+                        &source_names,
+                        &stats,
+                        on_commit,
+                    )
+                })
+                .expect("spawn committer thread")
+        };
+
+        let routed = route_loop(
+            p,
+            &mut router,
+            &mut readers,
+            &mut inputs,
+            &mut epoch,
+            &shard_txs,
+            &pool_rx,
+            &commit_tx,
+            &opts,
+            &stats,
+        );
+        drop(shard_txs);
+        drop(commit_tx);
+        let mut keys = 0;
+        let mut panicked = None;
+        for h in shard_handles {
+            match h.join() {
+                Ok(k) => keys += k,
+                Err(_) => panicked = Some("shard"),
+            }
+        }
+        let committed = committer
+            .join()
+            .map_err(|_| EngineError::Panicked("committer"))?;
+        if let Some(which) = panicked {
+            return Err(EngineError::Panicked(which));
+        }
+        let recovery = routed?;
+        committed?;
+        let snap = stats.snapshot();
+        Ok(RunSummary {
+            new_records: snap.read - snap.replayed,
+            stats: snap,
+            elapsed: started.elapsed(),
+            recovery,
+            keys,
+        })
+    })
+}
+
+/// The router: reads inputs in order, replays up to the committed offsets with outputs
+/// suppressed, then routes new records and cuts epochs. Returns the recovery time.
+#[allow(clippy::too_many_arguments)]
+fn route_loop(
+    p: &Pipeline,
+    router: &mut Router,
+    readers: &mut [LogReader],
+    inputs: &mut [Input],
+    epoch: &mut u64,
+    shard_txs: &[Sender<ShardMsg>],
+    pool: &Receiver<EventBatch>,
+    commit_tx: &Sender<CommitMsg>,
+    opts: &RunOptions,
+    stats: &Stats,
+) -> Result<Duration, EngineError> {
+    let n = shard_txs.len();
+    let started = Instant::now();
+    let mut recovery = Duration::ZERO;
+    let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
+    let mut batches: Vec<EventBatch> = (0..n).map(|_| take_batch(pool, replaying)).collect();
+    let mut buf = RecordBuf::new();
+    let mut dead = OutBuf::default();
+    let mut stamps: Vec<(u64, u64)> = Vec::new();
+    let mut epoch_records = 0u64;
+    let mut deadline = Instant::now() + p.commit_interval;
+    let mut last_refresh = Instant::now();
+    let mut o = Outcomes::default();
+
+    // Sends every non-empty batch; false if the shards are gone.
+    let flush = |batches: &mut Vec<EventBatch>, replay: bool| -> bool {
+        for (i, b) in batches.iter_mut().enumerate() {
+            if !b.events.is_empty() {
+                let full = std::mem::replace(b, take_batch(pool, replay));
+                if shard_txs[i].send(ShardMsg::Batch(full)).is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+
+    loop {
+        let stopping = opts.stop.load(Ordering::Relaxed);
+        if stopping && replaying {
+            // Nothing new was processed: nothing to commit.
+            return Ok(started.elapsed());
+        }
+        let mut progressed = false;
+        if !stopping {
+            for (idx, inp) in inputs.iter_mut().enumerate() {
+                let reader = &readers[inp.source];
+                let pos = inp.cursor.position();
+                let limit = if replaying {
+                    inp.replay_to - pos
+                } else if opts.until_end {
+                    inp.end_at_start.saturating_sub(pos)
+                } else {
+                    u64::MAX
+                };
+                if limit == 0 {
+                    continue;
+                }
+                buf.clear();
+                let got = inp
+                    .cursor
+                    .read(reader, READ_CHUNK.min(limit as usize), &mut buf)?;
+                if got == 0 {
+                    continue;
+                }
+                progressed = true;
+                for rec in buf.iter() {
+                    o.read += 1;
+                    if !replaying {
+                        match stamps.last_mut() {
+                            Some((ts, c)) if *ts == rec.timestamp_ms => *c += 1,
+                            _ => stamps.push((rec.timestamp_ms, 1)),
+                        }
+                    }
+                    if let Some(s) = router.route(
+                        idx as u32,
+                        rec.offset,
+                        rec.timestamp_ms,
+                        rec.value,
+                        &mut batches,
+                        &mut dead,
+                        !replaying,
+                        &mut o,
+                    ) && batches[s].events.len() >= BATCH_EVENTS
+                    {
+                        let full = std::mem::replace(&mut batches[s], take_batch(pool, replaying));
+                        if shard_txs[s].send(ShardMsg::Batch(full)).is_err() {
+                            return Ok(recovery);
+                        }
+                    }
+                }
+                if replaying {
+                    stats.replayed.fetch_add(got as u64, Ordering::Relaxed);
+                } else {
+                    epoch_records += got as u64;
+                }
+                stats.add(&o);
+                o = Outcomes::default();
+            }
+        }
+
+        if replaying && inputs.iter().all(|i| i.cursor.position() >= i.replay_to) {
+            if !flush(&mut batches, true) {
+                return Ok(recovery);
+            }
+            replaying = false;
+            for b in &mut batches {
+                b.replay = false;
+            }
+            recovery = started.elapsed();
+            deadline = Instant::now() + p.commit_interval;
+            continue;
+        }
+        if replaying {
+            if !progressed {
+                // The committed offsets are below the committed ends, so data is there.
+                std::thread::sleep(IDLE_POLL);
+            }
+            continue;
+        }
+
+        let done = opts.until_end && inputs.iter().all(|i| i.cursor.position() >= i.end_at_start);
+        let now = Instant::now();
+        if stopping || done || now >= deadline {
+            if epoch_records > 0 || !dead.is_empty() {
+                if !flush(&mut batches, false) {
+                    return Ok(recovery);
+                }
+                for tx in shard_txs {
+                    if tx.send(ShardMsg::Barrier(*epoch)).is_err() {
+                        return Ok(recovery);
+                    }
+                }
+                let part = RouterPart {
+                    epoch: *epoch,
+                    positions: inputs.iter().map(|i| i.cursor.position()).collect(),
+                    dead: std::mem::take(&mut dead),
+                    stamps: std::mem::take(&mut stamps),
+                };
+                if commit_tx.send(CommitMsg::Router(part)).is_err() {
+                    return Ok(recovery);
+                }
+                *epoch += 1;
+                epoch_records = 0;
+            }
+            deadline = now + p.commit_interval;
+            if stopping || done {
+                return Ok(recovery);
+            }
+        }
+
+        if !progressed {
+            if now.duration_since(last_refresh) >= IDLE_POLL {
+                for r in readers.iter_mut() {
+                    r.refresh()?;
+                }
+                let end: u64 = inputs
+                    .iter()
+                    .map(|i| readers[i.source].committed_end(i.partition))
+                    .sum();
+                stats.source_end.store(end, Ordering::Relaxed);
+                last_refresh = now;
+            }
+            let more = inputs.iter().any(|i| {
+                let end = readers[i.source].committed_end(i.partition);
+                i.cursor.position()
+                    < if opts.until_end {
+                        i.end_at_start.min(end)
+                    } else {
+                        end
+                    }
+            });
+            if !more {
+                std::thread::sleep(IDLE_POLL);
+            }
+        }
+    }
+}
+
+fn take_batch(pool: &Receiver<EventBatch>, replay: bool) -> EventBatch {
+    let mut b = pool.try_recv().unwrap_or_default();
+    b.clear();
+    b.replay = replay;
+    b
+}
+
+/// A shard thread: processes batches, hands its epoch part over at each barrier.
+fn shard_loop<S: Stage>(
+    i: usize,
+    mut core: ShardCore<S>,
+    rx: Receiver<ShardMsg>,
+    commit_tx: Sender<CommitMsg>,
+    pool_tx: Sender<EventBatch>,
+    stats: &Stats,
+) -> usize {
+    loop {
+        // Spin briefly before parking: a parked thread takes ~7 µs to wake here.
+        let mut msg = rx.try_recv();
+        let mut spins = 0;
+        while matches!(msg, Err(TryRecvError::Empty)) && spins < SPIN_TRIES {
+            std::hint::spin_loop();
+            spins += 1;
+            msg = rx.try_recv();
+        }
+        let msg = match msg {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            Err(TryRecvError::Disconnected) => break,
+        };
+        match msg {
+            ShardMsg::Batch(mut b) => {
+                let o = core.process(&b);
+                stats.add(&o);
+                b.clear();
+                let _ = pool_tx.try_send(b);
+            }
+            ShardMsg::Barrier(epoch) => {
+                if commit_tx
+                    .send(CommitMsg::Shard(i, core.barrier(epoch)))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    core.keys()
+}
+
+/// The committer: one atomic transaction per complete epoch.
+#[allow(clippy::too_many_arguments)]
+fn committer_loop(
+    mut writer: LogWriter,
+    view_topic: TopicId,
+    dead_topic: TopicId,
+    shards: usize,
+    rx: Receiver<CommitMsg>,
+    names: &InputNames,
+    _source_names: &[String],
+    stats: &Stats,
+    mut on_commit: Option<CommitHook>,
+) -> Result<(), EngineError> {
+    let mut asm = Assembler::new(shards);
+    let mut last: Vec<u64> = {
+        let mut v = Vec::with_capacity(names.len());
+        for (name, part) in names.iter() {
+            let c = writer.committed_inputs(name);
+            v.push(
+                c.iter()
+                    .find(|(q, _)| q == part)
+                    .map(|(_, o)| *o)
+                    .unwrap_or(0),
+            );
+        }
+        v
+    };
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            CommitMsg::Router(part) => asm.router(part),
+            CommitMsg::Shard(i, part) => asm.shard(i, part),
+        }
+        while let Some(ep) = asm.pop_ready() {
+            commit_epoch(
+                &mut writer,
+                view_topic,
+                dead_topic,
+                ep,
+                names,
+                &mut last,
+                stats,
+                on_commit.as_mut(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn commit_epoch(
+    writer: &mut LogWriter,
+    view_topic: TopicId,
+    dead_topic: TopicId,
+    ep: Epoch,
+    names: &InputNames,
+    last: &mut [u64],
+    stats: &Stats,
+    on_commit: Option<&mut CommitHook>,
+) -> Result<(), EngineError> {
+    let positions = &ep.router.positions;
+    for (i, (&new, &old)) in positions.iter().zip(last.iter()).enumerate() {
+        assert!(
+            new >= old,
+            "input {i}: committed offset would move back from {old} to {new}"
+        );
+    }
+    let mut tx = writer.begin();
+    let mut outputs = 0u64;
+    let mut dead = 0u64;
+    for part in &ep.shards {
+        for (partition, key, value) in part.outputs.iter() {
+            tx.append(view_topic, partition, key, value);
+            outputs += 1;
+        }
+    }
+    for buf in std::iter::once(&ep.router.dead).chain(ep.shards.iter().map(|s| &s.dead)) {
+        for (partition, key, value) in buf.iter() {
+            tx.append(dead_topic, partition, key, value);
+            dead += 1;
+        }
+    }
+    if outputs == 0 && dead == 0 && positions.as_slice() == &*last {
+        return Ok(());
+    }
+    let marker = CommitMarker {
+        epoch: ep.router.epoch,
+        inputs: names
+            .iter()
+            .zip(positions)
+            .map(|((name, part), &off)| (name.clone(), *part, off))
+            .collect(),
+    };
+    tx.commit(&marker)?;
+    let commit_us = now_us();
+    last.copy_from_slice(positions);
+    stats.record_latency(&ep.router.stamps, commit_us);
+    stats
+        .committed_input
+        .store(positions.iter().sum(), Ordering::Relaxed);
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.outputs.fetch_add(outputs, Ordering::Relaxed);
+    stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
+    stats.epoch.store(ep.router.epoch, Ordering::Relaxed);
+    metrics::counter!("onceflow_commits_total").increment(1);
+    if let Some(hook) = on_commit {
+        hook(&CommitReport {
+            epoch: ep.router.epoch,
+            outputs,
+            dead_letters: dead,
+            positions: positions.clone(),
+            commit_us,
+        });
+    }
+    Ok(())
+}

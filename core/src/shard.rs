@@ -1,0 +1,540 @@
+//! A shard: owns the state of its keys exclusively (no locks), checks per-key sequence
+//! numbers, holds early records in a bounded reorder buffer, applies the logic stage and
+//! buffers the epoch's outputs until the barrier.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+use crate::batch::{EventBatch, OutBuf, write_json_str, write_uint};
+use crate::config::{EmitMode, Pipeline};
+use crate::decode::Value;
+use crate::hash::{PARTITION_SALT, bucket};
+use crate::stage::{EventView, Stage};
+use crate::stats::{DeadReason, Outcomes};
+
+/// Names of the dense input indexes: `inputs[i] = (source name, partition)`.
+pub type InputNames = Arc<Vec<(String, u32)>>;
+
+/// A record that arrived ahead of a gap, with its own copy of its bytes.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    input: u32,
+    offset: u64,
+    values: Box<[Value]>,
+    arena: Box<[u8]>,
+    raw: (u32, u32),
+}
+
+struct KeyEntry<St> {
+    hash: u64,
+    key: Box<[u8]>,
+    /// Next expected sequence number.
+    next_seq: u64,
+    /// Version of the read model: the last applied sequence number, or the number of
+    /// applied records when sequences are off.
+    version: u64,
+    /// Already in this epoch's dirty list.
+    dirty: bool,
+    /// Early records, few at a time (usually none).
+    held: Vec<Held>,
+    state: St,
+}
+
+/// What a shard hands to the committer at a barrier.
+#[derive(Debug)]
+pub struct ShardPart {
+    /// Epoch the part belongs to.
+    pub epoch: u64,
+    /// Upserts for the view topic.
+    pub outputs: OutBuf,
+    /// Dead letters.
+    pub dead: OutBuf,
+}
+
+/// Settings a shard needs from the pipeline.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Sequence checks on?
+    pub sequenced: bool,
+    /// First sequence number of a key.
+    pub sequence_start: u64,
+    /// Reorder buffer capacity (records held at once in this shard).
+    pub reorder_capacity: usize,
+    /// Reorder window in offsets of the held record's partition.
+    pub reorder_window: u64,
+    /// Emission mode.
+    pub emit: EmitMode,
+    /// Partitions of the view topic.
+    pub view_partitions: u32,
+    /// Number of decoded values per event.
+    pub slots: usize,
+}
+
+impl ShardSettings {
+    /// From a checked pipeline.
+    pub fn new(p: &Pipeline) -> Self {
+        ShardSettings {
+            sequenced: p.key.sequence.is_some(),
+            sequence_start: p.key.sequence_start,
+            reorder_capacity: p.reorder.capacity,
+            reorder_window: p.reorder.window,
+            emit: p.view.emit,
+            view_partitions: p.view.partitions,
+            slots: p.referenced_fields().len(),
+        }
+    }
+}
+
+/// The per-shard state machine, free of threads and I/O (the thread loop is in `engine`).
+pub struct ShardCore<S: Stage> {
+    stage: Arc<S>,
+    cfg: ShardSettings,
+    inputs: InputNames,
+    table: HashTable<KeyEntry<S::State>>,
+    held_total: usize,
+    /// Per input: held records in arrival order `(offset, key hash, key, seq)`; entries
+    /// whose record was released meanwhile are skipped when popped.
+    expiry: Vec<VecDeque<(u64, u64, Box<[u8]>, u64)>>,
+    /// Keys changed this epoch (per-epoch emission): `(hash, key range in dirty_keys)`.
+    dirty: Vec<(u64, u32, u32)>,
+    dirty_keys: Vec<u8>,
+    outputs: OutBuf,
+    dead: OutBuf,
+    scratch: Vec<u8>,
+}
+
+impl<S: Stage> ShardCore<S> {
+    /// A shard with no keys.
+    pub fn new(stage: Arc<S>, cfg: ShardSettings, inputs: InputNames) -> Self {
+        let n = inputs.len();
+        ShardCore {
+            stage,
+            cfg,
+            inputs,
+            table: HashTable::new(),
+            held_total: 0,
+            expiry: (0..n).map(|_| VecDeque::new()).collect(),
+            dirty: Vec::new(),
+            dirty_keys: Vec::new(),
+            outputs: OutBuf::default(),
+            dead: OutBuf::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Number of keys with state.
+    pub fn keys(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Records held right now.
+    pub fn held(&self) -> usize {
+        self.held_total
+    }
+
+    /// Processes a batch of events of this shard, in order.
+    pub fn process(&mut self, batch: &EventBatch) -> Outcomes {
+        // hot path
+        let mut o = Outcomes {
+            read: 0,
+            ..Default::default()
+        };
+        let emit = !batch.replay;
+        let slots = self.cfg.slots;
+        for (i, ev) in batch.events.iter().enumerate() {
+            let values = &batch.values[i * slots..(i + 1) * slots];
+            let key = batch.bytes(ev.key);
+            let start = self.cfg.sequence_start;
+            let entry = match self.table.entry(
+                ev.key_hash,
+                |e| e.hash == ev.key_hash && *e.key == *key,
+                |e| e.hash,
+            ) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => v
+                    .insert(KeyEntry {
+                        hash: ev.key_hash,
+                        key: key.into(),
+                        next_seq: start,
+                        version: 0,
+                        dirty: false,
+                        held: Vec::new(),
+                        state: self.stage.new_state(),
+                    })
+                    .into_mut(),
+            };
+            let view = EventView {
+                values,
+                arena: &batch.arena,
+            };
+            if !self.cfg.sequenced {
+                apply_one(
+                    &*self.stage,
+                    &self.cfg,
+                    &self.inputs,
+                    entry,
+                    view,
+                    ev.input,
+                    ev.offset,
+                    0,
+                    batch.bytes(ev.raw),
+                    emit,
+                    Out {
+                        outputs: &mut self.outputs,
+                        dead: &mut self.dead,
+                        dirty: &mut self.dirty,
+                        dirty_keys: &mut self.dirty_keys,
+                        scratch: &mut self.scratch,
+                    },
+                    &mut o,
+                );
+                continue;
+            }
+            if ev.seq < entry.next_seq || entry.held.iter().any(|h| h.seq == ev.seq) {
+                o.duplicates += 1;
+                continue;
+            }
+            if ev.seq > entry.next_seq {
+                if self.held_total >= self.cfg.reorder_capacity {
+                    let detail = format!(
+                        "sequence gap: expected {}, got {}; the reorder buffer is full ({} records held in this shard)",
+                        entry.next_seq, ev.seq, self.held_total
+                    );
+                    dead_letter(
+                        &mut self.dead,
+                        &self.inputs,
+                        DeadReason::ReorderBufferFull,
+                        &detail,
+                        ev.input,
+                        ev.offset,
+                        key,
+                        Some(ev.seq),
+                        batch.bytes(ev.raw),
+                        emit,
+                        &mut o,
+                    );
+                    continue;
+                }
+                // Hold a self-contained copy (rebased strings + raw bytes).
+                let mut arena = Vec::new();
+                let mut vals: Box<[Value]> = values.into();
+                for v in vals.iter_mut() {
+                    if let Value::Str(s, l) = *v {
+                        let at = arena.len() as u32;
+                        arena.extend_from_slice(&batch.arena[s as usize..(s + l) as usize]);
+                        *v = Value::Str(at, l);
+                    }
+                }
+                let raw_at = arena.len() as u32;
+                arena.extend_from_slice(batch.bytes(ev.raw));
+                entry.held.push(Held {
+                    seq: ev.seq,
+                    input: ev.input,
+                    offset: ev.offset,
+                    values: vals,
+                    arena: arena.into(),
+                    raw: (raw_at, ev.raw.1),
+                });
+                self.held_total += 1;
+                o.held_delta += 1;
+                self.expiry[ev.input as usize].push_back((
+                    ev.offset,
+                    ev.key_hash,
+                    key.into(),
+                    ev.seq,
+                ));
+            } else {
+                let mut out = Out {
+                    outputs: &mut self.outputs,
+                    dead: &mut self.dead,
+                    dirty: &mut self.dirty,
+                    dirty_keys: &mut self.dirty_keys,
+                    scratch: &mut self.scratch,
+                };
+                apply_one(
+                    &*self.stage,
+                    &self.cfg,
+                    &self.inputs,
+                    entry,
+                    view,
+                    ev.input,
+                    ev.offset,
+                    ev.seq,
+                    batch.bytes(ev.raw),
+                    emit,
+                    out.reborrow(),
+                    &mut o,
+                );
+                // Release held successors that are now in order.
+                while let Some(pos) = entry.held.iter().position(|h| h.seq == entry.next_seq) {
+                    let h = entry.held.swap_remove(pos);
+                    self.held_total -= 1;
+                    o.held_delta -= 1;
+                    let view = EventView {
+                        values: &h.values,
+                        arena: &h.arena,
+                    };
+                    let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
+                    apply_one(
+                        &*self.stage,
+                        &self.cfg,
+                        &self.inputs,
+                        entry,
+                        view,
+                        h.input,
+                        h.offset,
+                        h.seq,
+                        raw,
+                        emit,
+                        out.reborrow(),
+                        &mut o,
+                    );
+                }
+            }
+            self.expire(ev.input, ev.offset, emit, &mut o);
+        }
+        o
+    }
+
+    /// Dead-letters records of `input` held for longer than the window.
+    fn expire(&mut self, input: u32, offset: u64, emit: bool, o: &mut Outcomes) {
+        let window = self.cfg.reorder_window;
+        let q = &mut self.expiry[input as usize];
+        while let Some((held_offset, hash, _, _)) = q.front() {
+            if held_offset.saturating_add(window) >= offset {
+                break;
+            }
+            let (held_offset, hash, key, seq) = {
+                let _ = hash;
+                q.pop_front().expect("front exists")
+            };
+            let Some(entry) = self
+                .table
+                .find_mut(hash, |e| e.hash == hash && e.key == key)
+            else {
+                continue;
+            };
+            let Some(pos) = entry
+                .held
+                .iter()
+                .position(|h| h.seq == seq && h.offset == held_offset)
+            else {
+                continue;
+            };
+            let h = entry.held.swap_remove(pos);
+            self.held_total -= 1;
+            o.held_delta -= 1;
+            let detail = format!(
+                "sequence gap: expected {}, got {}; the gap was not filled within {} records of its partition",
+                entry.next_seq, h.seq, window
+            );
+            let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
+            dead_letter(
+                &mut self.dead,
+                &self.inputs,
+                DeadReason::GapNotFilled,
+                &detail,
+                h.input,
+                h.offset,
+                &entry.key,
+                Some(h.seq),
+                raw,
+                emit,
+                o,
+            );
+        }
+    }
+
+    /// Ends the epoch: renders the changed keys (per-epoch emission) and hands over the buffers.
+    pub fn barrier(&mut self, epoch: u64) -> ShardPart {
+        if self.cfg.emit == EmitMode::PerEpoch {
+            for &(hash, ks, kl) in &self.dirty {
+                let key = &self.dirty_keys[ks as usize..(ks + kl) as usize];
+                let entry = self
+                    .table
+                    .find_mut(hash, |e| e.hash == hash && *e.key == *key)
+                    .expect("dirty key has state");
+                entry.dirty = false;
+                render(&*self.stage, &self.cfg, entry, &mut self.outputs);
+            }
+            self.dirty.clear();
+            self.dirty_keys.clear();
+        }
+        let fresh = OutBuf {
+            data: Vec::with_capacity(self.outputs.data.capacity()),
+            recs: Vec::with_capacity(self.outputs.recs.capacity()),
+        };
+        let outputs = std::mem::replace(&mut self.outputs, fresh);
+        let dead = std::mem::take(&mut self.dead);
+        ShardPart {
+            epoch,
+            outputs,
+            dead,
+        }
+    }
+
+    /// The read model of one key as JSON (for tests and queries).
+    pub fn render_key(&self, key: &[u8]) -> Option<String> {
+        let hash = crate::hash::stable_hash(key);
+        let entry = self
+            .table
+            .find(hash, |e| e.hash == hash && *e.key == *key)?;
+        let mut out = OutBuf::default();
+        render(&*self.stage, &self.cfg, entry, &mut out);
+        out.iter()
+            .next()
+            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Mutable output targets, bundled to keep argument lists short.
+struct Out<'a> {
+    outputs: &'a mut OutBuf,
+    dead: &'a mut OutBuf,
+    dirty: &'a mut Vec<(u64, u32, u32)>,
+    dirty_keys: &'a mut Vec<u8>,
+    scratch: &'a mut Vec<u8>,
+}
+
+impl Out<'_> {
+    fn reborrow(&mut self) -> Out<'_> {
+        Out {
+            outputs: self.outputs,
+            dead: self.dead,
+            dirty: self.dirty,
+            dirty_keys: self.dirty_keys,
+            scratch: self.scratch,
+        }
+    }
+}
+
+fn render<S: Stage>(stage: &S, cfg: &ShardSettings, entry: &KeyEntry<S::State>, out: &mut OutBuf) {
+    let partition = bucket(entry.hash, PARTITION_SALT, cfg.view_partitions);
+    out.push_with(partition, &entry.key, |buf| {
+        buf.extend_from_slice(b"{\"key\":");
+        write_json_str(buf, &entry.key);
+        buf.extend_from_slice(b",\"version\":");
+        write_uint(buf, entry.version);
+        let mark = buf.len();
+        buf.push(b',');
+        stage.render(&entry.state, buf);
+        if buf.len() == mark + 1 {
+            buf.pop();
+        }
+        buf.push(b'}');
+    });
+}
+
+/// Applies one in-order record (sequence already checked) and emits per the mode.
+#[allow(clippy::too_many_arguments)]
+fn apply_one<S: Stage>(
+    stage: &S,
+    cfg: &ShardSettings,
+    inputs: &InputNames,
+    entry: &mut KeyEntry<S::State>,
+    view: EventView<'_>,
+    input: u32,
+    offset: u64,
+    seq: u64,
+    raw: &[u8],
+    emit: bool,
+    out: Out<'_>,
+    o: &mut Outcomes,
+) {
+    // hot path
+    if cfg.sequenced {
+        // The slot is consumed whether the stage accepts the record or not, so that one
+        // bad record does not stall its key forever.
+        entry.next_seq = seq + 1;
+    }
+    match stage.apply(&mut entry.state, view) {
+        Ok(()) => {
+            o.processed += 1;
+            entry.version = if cfg.sequenced {
+                seq
+            } else {
+                entry.version + 1
+            };
+            if !emit {
+                return;
+            }
+            match cfg.emit {
+                EmitMode::PerEvent => render(stage, cfg, entry, out.outputs),
+                EmitMode::PerEpoch => {
+                    if !entry.dirty {
+                        entry.dirty = true;
+                        let at = out.dirty_keys.len() as u32;
+                        out.dirty_keys.extend_from_slice(&entry.key);
+                        out.dirty.push((entry.hash, at, entry.key.len() as u32));
+                    }
+                }
+            }
+        }
+        Err(reason) => {
+            let _ = &out.scratch;
+            dead_letter(
+                out.dead,
+                inputs,
+                DeadReason::Logic,
+                &reason,
+                input,
+                offset,
+                &entry.key,
+                cfg.sequenced.then_some(seq),
+                raw,
+                emit,
+                o,
+            );
+        }
+    }
+}
+
+/// Counts a dead letter and, unless replaying, writes it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dead_letter(
+    dead: &mut OutBuf,
+    inputs: &InputNames,
+    reason: DeadReason,
+    detail: &str,
+    input: u32,
+    offset: u64,
+    key: &[u8],
+    seq: Option<u64>,
+    raw: &[u8],
+    emit: bool,
+    o: &mut Outcomes,
+) {
+    o.dead[reason as usize] += 1;
+    if !emit {
+        return;
+    }
+    let (source, partition) = &inputs[input as usize];
+    dead.push_with(0, key, |buf| {
+        buf.extend_from_slice(b"{\"reason\":");
+        write_json_str(buf, reason.name().as_bytes());
+        buf.extend_from_slice(b",\"stage\":");
+        write_json_str(buf, reason.stage().as_bytes());
+        buf.extend_from_slice(b",\"detail\":");
+        write_json_str(buf, detail.as_bytes());
+        buf.extend_from_slice(b",\"source\":");
+        write_json_str(buf, source.as_bytes());
+        buf.extend_from_slice(format!(",\"partition\":{partition},\"offset\":{offset}").as_bytes());
+        if !key.is_empty() {
+            buf.extend_from_slice(b",\"key\":");
+            write_json_str(buf, key);
+        }
+        if let Some(s) = seq {
+            buf.extend_from_slice(format!(",\"seq\":{s}").as_bytes());
+        }
+        buf.extend_from_slice(b",\"payload\":");
+        write_json_str(buf, raw);
+        buf.push(b'}');
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! Sequence checks, reordering and dead letters, driven through the router like the engine does.
+
+use super::*;
+use crate::config::Pipeline;
+use crate::router::Router;
+use crate::stage::Fold;
+use std::path::Path;
+
+struct Harness {
+    router: Router,
+    shard: ShardCore<Fold>,
+    batches: Vec<EventBatch>,
+    dead: OutBuf,
+    o: Outcomes,
+    offset: u64,
+}
+
+fn harness(extra: &str) -> Harness {
+    let src = format!(
+        "[pipeline]\nname='t'\nshards=1\n[[sources]]\nname='s'\ntype='log'\npath='x'\n[key]\nfield='k'\nsequence='seq'\n{extra}\n[view]\ntopic='v'\nemit='per_event'\n[view.fields]\nsum={{op='sum',field='n'}}\n"
+    );
+    let p = Pipeline::parse(&src, Path::new(".")).unwrap();
+    let names: InputNames = Arc::new(vec![("s".into(), 0)]);
+    let stage = Arc::new(Fold::new(&p.view.fields, &p.referenced_fields()));
+    Harness {
+        router: Router::new(&p, names.clone()),
+        shard: ShardCore::new(stage, ShardSettings::new(&p), names),
+        batches: vec![EventBatch::default()],
+        dead: OutBuf::default(),
+        o: Outcomes::default(),
+        offset: 0,
+    }
+}
+
+impl Harness {
+    fn feed(&mut self, recs: &[&str]) {
+        for r in recs {
+            self.o.read += 1;
+            self.router.route(
+                0,
+                self.offset,
+                0,
+                r.as_bytes(),
+                &mut self.batches,
+                &mut self.dead,
+                true,
+                &mut self.o,
+            );
+            self.offset += 1;
+        }
+        let o = self.shard.process(&self.batches[0]);
+        self.batches[0].clear();
+        self.o.processed += o.processed;
+        self.o.duplicates += o.duplicates;
+        self.o.held_delta += o.held_delta;
+        for i in 0..8 {
+            self.o.dead[i] += o.dead[i];
+        }
+    }
+
+    fn epoch(&mut self) -> (Vec<String>, Vec<serde_json::Value>) {
+        let part = self.shard.barrier(1);
+        let outs = part
+            .outputs
+            .iter()
+            .map(|(_, _, v)| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        let dead = part
+            .dead
+            .iter()
+            .chain(self.dead.iter())
+            .map(|(_, _, v)| serde_json::from_slice(v).unwrap())
+            .collect();
+        self.dead = OutBuf::default();
+        (outs, dead)
+    }
+
+    fn balanced(&self) -> bool {
+        self.o.read
+            == self.o.processed + self.o.duplicates + self.o.dead_total() + self.o.held_delta as u64
+    }
+}
+
+#[test]
+fn in_order_duplicates_and_reordering() {
+    let mut h = harness("");
+    h.feed(&[
+        r#"{"k":"a","seq":1,"n":10}"#,
+        r#"{"k":"a","seq":1,"n":10}"#,   // duplicate
+        r#"{"k":"a","seq":3,"n":1000}"#, // early: held
+        r#"{"k":"a","seq":3,"n":1000}"#, // duplicate of a held record
+        r#"{"k":"a","seq":2,"n":100}"#,  // fills the gap: 2 then 3 apply
+    ]);
+    let (outs, dead) = h.epoch();
+    assert_eq!(
+        outs,
+        [
+            r#"{"key":"a","version":1,"sum":10}"#,
+            r#"{"key":"a","version":2,"sum":110}"#,
+            r#"{"key":"a","version":3,"sum":1110}"#
+        ]
+    );
+    assert!(dead.is_empty());
+    assert_eq!((h.o.processed, h.o.duplicates, h.o.held_delta), (3, 2, 0));
+    assert!(h.balanced());
+}
+
+#[test]
+fn every_bad_record_gets_a_reason_and_the_counts_add_up() {
+    let mut h = harness("");
+    h.feed(&[
+        "{not json",
+        "[1,2]",
+        r#"{"seq":1,"n":1}"#,
+        r#"{"k":{"x":1},"seq":1,"n":1}"#,
+        r#"{"k":"b","seq":"7","n":1}"#,
+        r#"{"k":"b","seq":1.5,"n":1}"#,
+        r#"{"k":"b","n":1}"#,
+        r#"{"k":"b","seq":1,"n":"lots"}"#,
+        r#"{"k":"b","seq":2,"n":5}"#,
+        r#"{"k":7,"seq":1,"n":5}"#,
+    ]);
+    let (outs, dead) = h.epoch();
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "malformed_json").count(),
+        1
+    );
+    assert_eq!(reasons.iter().filter(|r| **r == "not_an_object").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| **r == "missing_key").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| **r == "bad_key").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| **r == "bad_sequence").count(), 3);
+    assert_eq!(reasons.iter().filter(|r| **r == "logic_error").count(), 1);
+    let logic = dead.iter().find(|d| d["reason"] == "logic_error").unwrap();
+    assert_eq!(logic["seq"], 1);
+    assert_eq!(logic["offset"], 7);
+    assert_eq!(logic["source"], "s");
+    assert_eq!(logic["payload"], r#"{"k":"b","seq":1,"n":"lots"}"#);
+    assert!(
+        logic["detail"]
+            .as_str()
+            .unwrap()
+            .contains("must be a number")
+    );
+    // seq 1 of "b" was dead-lettered but consumed its slot: seq 2 applies.
+    assert_eq!(
+        outs,
+        [
+            r#"{"key":"b","version":2,"sum":5}"#,
+            r#"{"key":"7","version":1,"sum":5}"#
+        ]
+    );
+    assert_eq!(h.o.dead_total(), 8);
+    assert!(h.balanced());
+}
+
+#[test]
+fn gap_not_filled_within_window_is_dead_lettered() {
+    let mut h = harness("[reorder]\nwindow=3\n");
+    h.feed(&[r#"{"k":"a","seq":1,"n":1}"#, r#"{"k":"a","seq":3,"n":1}"#]);
+    assert_eq!(h.shard.held(), 1);
+    h.feed(&[
+        r#"{"k":"x","seq":1,"n":1}"#,
+        r#"{"k":"x","seq":2,"n":1}"#,
+        r#"{"k":"x","seq":3,"n":1}"#,
+    ]);
+    assert_eq!(h.shard.held(), 1, "offset 4 is only 3 past offset 1");
+    h.feed(&[r#"{"k":"x","seq":4,"n":1}"#]);
+    assert_eq!(h.shard.held(), 0);
+    let (_, dead) = h.epoch();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "gap_not_filled");
+    assert_eq!(dead[0]["seq"], 3);
+    assert!(
+        dead[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expected 2, got 3"),
+        "{}",
+        dead[0]
+    );
+    // The gap stays: a later seq 2 still applies, seq 3 is gone (dead-lettered, replayable).
+    h.feed(&[r#"{"k":"a","seq":2,"n":1}"#]);
+    assert!(h.balanced());
+}
+
+#[test]
+fn full_reorder_buffer_dead_letters_the_newcomer() {
+    let mut h = harness("[reorder]\ncapacity=1\n");
+    h.feed(&[r#"{"k":"a","seq":5,"n":1}"#, r#"{"k":"b","seq":5,"n":1}"#]);
+    let (_, dead) = h.epoch();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "reorder_buffer_full");
+    assert_eq!(dead[0]["key"], "b");
+    assert_eq!(h.shard.held(), 1);
+    assert!(h.balanced());
+}
+
+#[test]
+fn per_epoch_emits_latest_state_once_per_changed_key() {
+    let mut h = harness("");
+    // Switch to per-epoch emission through the settings.
+    h.shard.cfg.emit = EmitMode::PerEpoch;
+    h.feed(&[
+        r#"{"k":"a","seq":1,"n":1}"#,
+        r#"{"k":"a","seq":2,"n":2}"#,
+        r#"{"k":"b","seq":1,"n":5}"#,
+    ]);
+    let (outs, _) = h.epoch();
+    assert_eq!(
+        outs,
+        [
+            r#"{"key":"a","version":2,"sum":3}"#,
+            r#"{"key":"b","version":1,"sum":5}"#
+        ]
+    );
+    let (outs, _) = h.epoch();
+    assert!(outs.is_empty());
+}
+
+#[test]
+fn replayed_records_change_state_but_emit_nothing() {
+    let mut h = harness("");
+    h.router.route(
+        0,
+        0,
+        0,
+        br#"{"k":"a","seq":1,"n":1}"#,
+        &mut h.batches,
+        &mut h.dead,
+        false,
+        &mut h.o,
+    );
+    h.router.route(
+        0,
+        1,
+        0,
+        b"junk",
+        &mut h.batches,
+        &mut h.dead,
+        false,
+        &mut h.o,
+    );
+    h.batches[0].replay = true;
+    h.shard.process(&h.batches[0]);
+    h.batches[0].clear();
+    let (outs, dead) = h.epoch();
+    assert!(outs.is_empty() && dead.is_empty());
+    h.feed(&[r#"{"k":"a","seq":2,"n":1}"#]);
+    let (outs, _) = h.epoch();
+    assert_eq!(outs, [r#"{"key":"a","version":2,"sum":2}"#]);
+}

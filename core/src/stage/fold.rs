@@ -1,0 +1,398 @@
+//! The built-in per-key fold: count, sum, min, max, last value and set of values, each
+//! optionally restricted by equality filters (`when`).
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use super::{EventView, Stage};
+use crate::batch::{write_int, write_json_str, write_uint};
+use crate::config::{FieldPath, Reducer, ReducerOp};
+use crate::decode::Value;
+
+/// A scalar kept in state (owned).
+#[derive(Debug, Clone)]
+pub enum Scalar {
+    /// JSON null.
+    Null,
+    /// Boolean.
+    Bool(bool),
+    /// Integer.
+    Int(i64),
+    /// Float.
+    Float(f64),
+    /// String.
+    Str(Box<str>),
+}
+
+impl Scalar {
+    fn rank(&self) -> u8 {
+        match self {
+            Scalar::Null => 0,
+            Scalar::Bool(_) => 1,
+            Scalar::Int(_) | Scalar::Float(_) => 2,
+            Scalar::Str(_) => 3,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Scalar::Null => out.extend_from_slice(b"null"),
+            Scalar::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Scalar::Int(i) => write_int(out, *i),
+            Scalar::Float(f) => write_f64(out, *f),
+            Scalar::Str(s) => write_json_str(out, s.as_bytes()),
+        }
+    }
+}
+
+impl PartialEq for Scalar {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Scalar {}
+impl PartialOrd for Scalar {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scalar {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Scalar::Bool(a), Scalar::Bool(b)) => a.cmp(b),
+            (Scalar::Int(a), Scalar::Int(b)) => a.cmp(b),
+            (Scalar::Float(a), Scalar::Float(b)) => a.total_cmp(b),
+            (Scalar::Int(a), Scalar::Float(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
+            (Scalar::Float(a), Scalar::Int(b)) => a.total_cmp(&(*b as f64)).then(Ordering::Greater),
+            (Scalar::Str(a), Scalar::Str(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+fn write_f64(out: &mut Vec<u8>, f: f64) {
+    if f.is_finite() {
+        serde_json::to_writer(&mut *out, &f).expect("vec write");
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Accumulator of one reducer.
+#[derive(Debug, Clone)]
+pub enum Acc {
+    /// Count.
+    Count(u64),
+    /// Integer sum (switches to `SumF` when a float arrives).
+    SumI(i64),
+    /// Float sum.
+    SumF(f64),
+    /// Min/max/last (None until a value arrives).
+    One(Option<Scalar>),
+    /// Set of values.
+    Set(BTreeSet<Scalar>),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Count,
+    Sum(usize),
+    Min(usize),
+    Max(usize),
+    Last(usize),
+    Set(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Want {
+    Str(Box<[u8]>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    name: String,
+    field: String,
+    op: Op,
+    when: Vec<(usize, Want)>,
+}
+
+/// The fold stage, compiled against the slot order of the decoder.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    reducers: Vec<Compiled>,
+}
+
+impl Fold {
+    /// Compiles `reducers`; `slots` is the decoder's field order
+    /// (`Pipeline::referenced_fields()`), which must contain every field they use.
+    pub fn new(reducers: &[Reducer], slots: &[FieldPath]) -> Self {
+        let slot = |p: &FieldPath| {
+            slots
+                .iter()
+                .position(|s| s == p)
+                .expect("referenced_fields covers every reducer field")
+        };
+        let reducers = reducers
+            .iter()
+            .map(|r| {
+                let (op, field) = match &r.op {
+                    ReducerOp::Count => (Op::Count, String::new()),
+                    ReducerOp::Sum(p) => (Op::Sum(slot(p)), p.to_string()),
+                    ReducerOp::Min(p) => (Op::Min(slot(p)), p.to_string()),
+                    ReducerOp::Max(p) => (Op::Max(slot(p)), p.to_string()),
+                    ReducerOp::Last(p) => (Op::Last(slot(p)), p.to_string()),
+                    ReducerOp::Set(p) => (Op::Set(slot(p)), p.to_string()),
+                };
+                let when = r
+                    .when
+                    .iter()
+                    .map(|(p, v)| {
+                        let want = match v {
+                            serde_json::Value::String(s) => Want::Str(s.as_bytes().into()),
+                            serde_json::Value::Bool(b) => Want::Bool(*b),
+                            serde_json::Value::Number(n) => match n.as_i64() {
+                                Some(i) => Want::Int(i),
+                                None => Want::Float(n.as_f64().unwrap_or(f64::NAN)),
+                            },
+                            _ => Want::Bool(false),
+                        };
+                        (slot(p), want)
+                    })
+                    .collect();
+                Compiled {
+                    name: r.name.clone(),
+                    field,
+                    op,
+                    when,
+                }
+            })
+            .collect();
+        Fold { reducers }
+    }
+}
+
+fn matches(ev: &EventView<'_>, when: &[(usize, Want)]) -> bool {
+    when.iter().all(|(slot, want)| {
+        let v = ev.values[*slot];
+        match (want, v) {
+            (Want::Str(w), Value::Str(s, l)) => ev.arena[s as usize..(s + l) as usize] == **w,
+            (Want::Int(w), Value::Int(i)) => *w == i,
+            (Want::Int(w), Value::Float(f)) => *w as f64 == f,
+            (Want::Float(w), Value::Float(f)) => *w == f,
+            (Want::Float(w), Value::Int(i)) => *w == i as f64,
+            (Want::Bool(w), Value::Bool(b)) => *w == b,
+            _ => false,
+        }
+    })
+}
+
+fn scalar(ev: &EventView<'_>, v: Value) -> Option<Scalar> {
+    Some(match v {
+        Value::Missing | Value::Composite => return None,
+        Value::Null => Scalar::Null,
+        Value::Bool(b) => Scalar::Bool(b),
+        Value::Int(i) => Scalar::Int(i),
+        Value::Float(f) => Scalar::Float(f),
+        Value::Str(..) => Scalar::Str(ev.str(v).unwrap_or_default().into()),
+    })
+}
+
+fn numeric(v: Value, field: &str) -> Result<Option<Scalar>, String> {
+    match v {
+        Value::Missing | Value::Null => Ok(None),
+        Value::Int(i) => Ok(Some(Scalar::Int(i))),
+        Value::Float(f) => Ok(Some(Scalar::Float(f))),
+        other => Err(format!(
+            "field '{field}' must be a number, got {}",
+            other.kind()
+        )),
+    }
+}
+
+impl Stage for Fold {
+    type State = Box<[Acc]>;
+
+    fn new_state(&self) -> Self::State {
+        self.reducers
+            .iter()
+            .map(|r| match r.op {
+                Op::Count => Acc::Count(0),
+                Op::Sum(_) => Acc::SumI(0),
+                Op::Min(_) | Op::Max(_) | Op::Last(_) => Acc::One(None),
+                Op::Set(_) => Acc::Set(BTreeSet::new()),
+            })
+            .collect()
+    }
+
+    fn apply(&self, state: &mut Self::State, ev: EventView<'_>) -> Result<(), String> {
+        // hot path
+        // Check first (everything that can fail), then apply: all or nothing.
+        for (r, acc) in self.reducers.iter().zip(state.iter()) {
+            match (&r.op, acc) {
+                (Op::Sum(s), Acc::SumI(cur)) if r.when.is_empty() || matches(&ev, &r.when) => {
+                    if let Some(Scalar::Int(i)) = numeric(ev.values[*s], &r.field)?
+                        && cur.checked_add(i).is_none()
+                    {
+                        return Err(format!(
+                            "'{}' (sum of '{}') would overflow: {cur} + {i}",
+                            r.name, r.field
+                        ));
+                    }
+                }
+                (Op::Sum(s) | Op::Min(s) | Op::Max(s), _)
+                    if r.when.is_empty() || matches(&ev, &r.when) =>
+                {
+                    numeric(ev.values[*s], &r.field)?;
+                }
+                _ => {}
+            }
+        }
+        for (r, acc) in self.reducers.iter().zip(state.iter_mut()) {
+            if !r.when.is_empty() && !matches(&ev, &r.when) {
+                continue;
+            }
+            match (&r.op, acc) {
+                (Op::Count, Acc::Count(n)) => *n += 1,
+                (Op::Sum(s), acc) => match (numeric(ev.values[*s], &r.field)?, &mut *acc) {
+                    (Some(Scalar::Int(i)), Acc::SumI(cur)) => *cur += i,
+                    (Some(Scalar::Float(f)), Acc::SumI(cur)) => *acc = Acc::SumF(*cur as f64 + f),
+                    (Some(Scalar::Int(i)), Acc::SumF(cur)) => *cur += i as f64,
+                    (Some(Scalar::Float(f)), Acc::SumF(cur)) => *cur += f,
+                    _ => {}
+                },
+                (Op::Min(s), Acc::One(cur)) => {
+                    if let Some(v) = numeric(ev.values[*s], &r.field)?
+                        && cur.as_ref().is_none_or(|c| v < *c)
+                    {
+                        *cur = Some(v);
+                    }
+                }
+                (Op::Max(s), Acc::One(cur)) => {
+                    if let Some(v) = numeric(ev.values[*s], &r.field)?
+                        && cur.as_ref().is_none_or(|c| v > *c)
+                    {
+                        *cur = Some(v);
+                    }
+                }
+                (Op::Last(s), Acc::One(cur)) => {
+                    if let Some(v) = scalar(&ev, ev.values[*s]) {
+                        *cur = Some(v);
+                    }
+                }
+                (Op::Set(s), Acc::Set(set)) => {
+                    if let Some(v) = scalar(&ev, ev.values[*s])
+                        && !set.contains(&v)
+                    {
+                        set.insert(v);
+                    }
+                }
+                (op, acc) => unreachable!("accumulator {acc:?} does not belong to {op:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn render(&self, state: &Self::State, out: &mut Vec<u8>) {
+        for (i, (r, acc)) in self.reducers.iter().zip(state.iter()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, r.name.as_bytes());
+            out.push(b':');
+            match acc {
+                Acc::Count(n) => write_uint(out, *n),
+                Acc::SumI(n) => write_int(out, *n),
+                Acc::SumF(f) => write_f64(out, *f),
+                Acc::One(None) => out.extend_from_slice(b"null"),
+                Acc::One(Some(v)) => v.write(out),
+                Acc::Set(set) => {
+                    out.push(b'[');
+                    for (j, v) in set.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        v.write(out);
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Pipeline;
+    use crate::decode::Extractor;
+    use std::path::Path;
+
+    fn setup(fields: &str) -> (Fold, Extractor) {
+        let src = format!(
+            "[pipeline]\nname='t'\n[[sources]]\nname='s'\ntype='log'\npath='x'\n[key]\nfield='k'\n[view]\ntopic='v'\n[view.fields]\n{fields}"
+        );
+        let p = Pipeline::parse(&src, Path::new(".")).unwrap();
+        let slots = p.referenced_fields();
+        (Fold::new(&p.view.fields, &slots), Extractor::new(&slots))
+    }
+
+    fn run(fold: &Fold, ex: &Extractor, records: &[&str]) -> (String, Vec<String>) {
+        let mut st = fold.new_state();
+        let mut errs = Vec::new();
+        for r in records {
+            let mut arena = Vec::new();
+            let mut vals = vec![Value::Missing; ex.slots()];
+            ex.extract(r.as_bytes(), &mut arena, &mut vals).unwrap();
+            if let Err(e) = fold.apply(
+                &mut st,
+                EventView {
+                    values: &vals,
+                    arena: &arena,
+                },
+            ) {
+                errs.push(e);
+            }
+        }
+        let mut out = Vec::new();
+        fold.render(&st, &mut out);
+        (String::from_utf8(out).unwrap(), errs)
+    }
+
+    #[test]
+    fn all_reducers() {
+        let (f, ex) = setup(
+            "n={op='count'}\ncredits={op='count',when={t='c'}}\nbal={op='sum',field='a'}\nlo={op='min',field='a'}\nhi={op='max',field='a'}\nlast={op='last',field='t'}\nts={op='set',field='t'}\n",
+        );
+        let (out, errs) = run(
+            &f,
+            &ex,
+            &[
+                r#"{"k":1,"t":"c","a":10}"#,
+                r#"{"k":1,"t":"d","a":-3}"#,
+                r#"{"k":1,"t":"c","a":2.5}"#,
+            ],
+        );
+        assert!(errs.is_empty());
+        assert_eq!(
+            out,
+            r#""n":3,"credits":2,"bal":9.5,"lo":-3,"hi":10,"last":"c","ts":["c","d"]"#
+        );
+    }
+
+    #[test]
+    fn overflow_and_type_errors_leave_state_unchanged() {
+        let (f, ex) = setup("n={op='count'}\nbal={op='sum',field='a'}\n");
+        let big = format!(r#"{{"k":1,"a":{}}}"#, i64::MAX);
+        let (out, errs) = run(&f, &ex, &[&big, r#"{"k":1,"a":1}"#, r#"{"k":1,"a":"x"}"#]);
+        assert_eq!(out, format!(r#""n":1,"bal":{}"#, i64::MAX));
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].contains("would overflow"), "{errs:?}");
+        assert!(
+            errs[1].contains("must be a number, got a string"),
+            "{errs:?}"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! `onceflow run` and `onceflow validate`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use onceflow_core::config::Pipeline;
+use onceflow_core::engine::{self, RunOptions};
+use onceflow_core::stats::{DeadReason, Stats};
+
+use crate::{micros, rate, thousands};
+
+pub fn validate(path: &Path) -> ExitCode {
+    match Pipeline::load(path) {
+        Ok(p) => {
+            println!(
+                "ok: pipeline '{}': {} source{}, {} shard{}, commit every {:?}, view '{}' with {} field{}, state in {}",
+                p.name,
+                p.sources.len(),
+                plural(p.sources.len()),
+                p.shards,
+                plural(p.shards),
+                p.commit_interval,
+                p.view.topic,
+                p.view.fields.len(),
+                plural(p.view.fields.len()),
+                p.state_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
+    let p = match Pipeline::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    for s in &p.sources {
+        match onceflow_connectors::files::load_if_missing(s, &p.key.field) {
+            Ok(Some(r)) => eprintln!(
+                "onceflow: loaded {} records from {} into {} (topic '{}')",
+                thousands(r.records),
+                s.load
+                    .as_ref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
+                s.path.display(),
+                s.topic
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: source '{}': {e}", s.name);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while finishing exits at once (nothing after the last commit is lost:
+        // the next start recovers from it).
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone());
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let stats = Arc::new(Stats::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let status = (!quiet).then(|| {
+        let (stats, done) = (stats.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("onceflow-status".into())
+            .spawn(move || status_loop(&stats, &done))
+            .expect("spawn status thread")
+    });
+
+    let opts = RunOptions {
+        until_end,
+        stop,
+        stats: stats.clone(),
+        on_commit: None,
+    };
+    let result = engine::run(&p, opts);
+    done.store(true, Ordering::Relaxed);
+    if let Some(h) = status {
+        let _ = h.join();
+    }
+    match result {
+        Ok(s) => {
+            let st = &s.stats;
+            let secs = s.elapsed.as_secs_f64().max(1e-9);
+            println!("onceflow: pipeline '{}' stopped after {:.2}s", p.name, secs);
+            if st.replayed > 0 {
+                println!(
+                    "  recovery  replayed {} committed records in {:.2}s with outputs suppressed",
+                    thousands(st.replayed),
+                    s.recovery.as_secs_f64()
+                );
+            }
+            println!(
+                "  records   {} read = {} processed + {} duplicates + {} dead-lettered + {} held{}",
+                thousands(st.read),
+                thousands(st.processed),
+                thousands(st.duplicates),
+                thousands(st.dead_total()),
+                thousands(st.held),
+                if st.balanced() {
+                    ""
+                } else {
+                    "  (UNBALANCED: please report this)"
+                }
+            );
+            let reasons: Vec<String> = DeadReason::ALL
+                .iter()
+                .filter(|r| st.dead[**r as usize] > 0)
+                .map(|r| format!("{} {}", r.name(), thousands(st.dead[*r as usize])))
+                .collect();
+            if !reasons.is_empty() {
+                println!("  dead      {}", reasons.join(", "));
+            }
+            let new = s.new_records;
+            let busy = (s.elapsed - s.recovery).as_secs_f64().max(1e-9);
+            let mut line = format!(
+                "  speed     {} new records at {} records/s",
+                thousands(new),
+                rate(new as f64 / busy)
+            );
+            if let (Some(p50), Some(p99), Some(max)) =
+                (st.latency_p50_us, st.latency_p99_us, st.latency_max_us)
+            {
+                line.push_str(&format!(
+                    "; append→commit latency p50 {}, p99 {}, max {}",
+                    micros(p50),
+                    micros(p99),
+                    micros(max)
+                ));
+            }
+            println!("{line}");
+            println!(
+                "  committed {} epoch{} this run: {} upserts to '{}', {} dead letters to '{}'; {} keys in state",
+                thousands(st.commits),
+                plural(st.commits as usize),
+                thousands(st.outputs),
+                p.view.topic,
+                thousands(st.dead_letters),
+                p.dead_letter_topic,
+                thousands(s.keys as u64)
+            );
+            if st.held > 0 {
+                println!(
+                    "  held      {} records wait for a sequence gap to fill; they are dead-lettered once their partition moves {} records past them",
+                    thousands(st.held),
+                    thousands(p.reorder.window)
+                );
+            }
+            println!(
+                "  view      onceflow log read {} --topic {} --compact",
+                p.state_dir.display(),
+                p.view.topic
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status_loop(stats: &Stats, done: &AtomicBool) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut last_read = 0u64;
+    let mut last = Instant::now();
+    let mut printed = false;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() < every {
+            continue;
+        }
+        let s = stats.snapshot();
+        let dt = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        let p99 = {
+            let mut recent = stats.recent_latency_us.lock().expect("latency lock");
+            let v = (!recent.is_empty()).then(|| recent.value_at_quantile(0.99));
+            recent.reset();
+            v
+        };
+        let line = format!(
+            "epoch {} | {} rec/s | read {} | processed {} | dup {} | dead {} | held {} | lag {} | p99 {}",
+            s.epoch,
+            rate((s.read - last_read) as f64 / dt),
+            thousands(s.read),
+            thousands(s.processed),
+            thousands(s.duplicates),
+            thousands(s.dead_total()),
+            thousands(s.held),
+            thousands(s.lag),
+            p99.map(micros).unwrap_or_else(|| "-".into())
+        );
+        last_read = s.read;
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("onceflow: {line}");
+        }
+        printed = true;
+    }
+    if tty && printed {
+        eprintln!();
+    }
+}
