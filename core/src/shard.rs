@@ -29,9 +29,36 @@ struct Held {
     raw: (u32, u32),
 }
 
+/// Key bytes, stored inline when short (most keys) so that a lookup touches one cache line.
+#[derive(Debug, Clone)]
+enum KeyBytes {
+    Inline(u8, [u8; 30]),
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(k: &[u8]) -> Self {
+        if k.len() <= 30 {
+            let mut buf = [0u8; 30];
+            buf[..k.len()].copy_from_slice(k);
+            KeyBytes::Inline(k.len() as u8, buf)
+        } else {
+            KeyBytes::Heap(k.into())
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline(n, b) => &b[..*n as usize],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+}
+
 struct KeyEntry<St> {
     hash: u64,
-    key: Box<[u8]>,
+    key: KeyBytes,
     /// Next expected sequence number.
     next_seq: u64,
     /// Version of the read model: the last applied sequence number, or the number of
@@ -90,21 +117,23 @@ impl ShardSettings {
 }
 
 /// The per-shard state machine, free of threads and I/O (the thread loop is in `engine`).
+///
+/// Keys live in a slab (`entries`, never shrinking) indexed by a compact hash table of
+/// `u32` slots, so a probe stays in cache and the dirty list is a list of indexes.
 pub struct ShardCore<S: Stage> {
     stage: Arc<S>,
     cfg: ShardSettings,
     inputs: InputNames,
-    table: HashTable<KeyEntry<S::State>>,
+    table: HashTable<u32>,
+    entries: Vec<KeyEntry<S::State>>,
     held_total: usize,
-    /// Per input: held records in arrival order `(offset, key hash, key, seq)`; entries
+    /// Per input: held records in arrival order `(offset, entry index, seq)`; entries
     /// whose record was released meanwhile are skipped when popped.
-    expiry: Vec<VecDeque<(u64, u64, Box<[u8]>, u64)>>,
-    /// Keys changed this epoch (per-epoch emission): `(hash, key range in dirty_keys)`.
-    dirty: Vec<(u64, u32, u32)>,
-    dirty_keys: Vec<u8>,
+    expiry: Vec<VecDeque<(u64, u32, u64)>>,
+    /// Entries changed this epoch (per-epoch emission).
+    dirty: Vec<u32>,
     outputs: OutBuf,
     dead: OutBuf,
-    scratch: Vec<u8>,
 }
 
 impl<S: Stage> ShardCore<S> {
@@ -116,19 +145,18 @@ impl<S: Stage> ShardCore<S> {
             cfg,
             inputs,
             table: HashTable::new(),
+            entries: Vec::new(),
             held_total: 0,
             expiry: (0..n).map(|_| VecDeque::new()).collect(),
             dirty: Vec::new(),
-            dirty_keys: Vec::new(),
             outputs: OutBuf::default(),
             dead: OutBuf::default(),
-            scratch: Vec::new(),
         }
     }
 
     /// Number of keys with state.
     pub fn keys(&self) -> usize {
-        self.table.len()
+        self.entries.len()
     }
 
     /// Records held right now.
@@ -136,69 +164,69 @@ impl<S: Stage> ShardCore<S> {
         self.held_total
     }
 
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let entries = &self.entries;
+        self.table
+            .find(hash, |&i| {
+                let e = &entries[i as usize];
+                e.hash == hash && e.key.as_bytes() == key
+            })
+            .copied()
+    }
+
+    /// Index of the key's entry, created on first sight.
+    #[inline]
+    fn entry_index(&mut self, hash: u64, key: &[u8]) -> u32 {
+        let entries = &mut self.entries;
+        match self.table.entry(
+            hash,
+            |&i| {
+                let e = &entries[i as usize];
+                e.hash == hash && e.key.as_bytes() == key
+            },
+            |&i| entries[i as usize].hash,
+        ) {
+            Entry::Occupied(o) => *o.get(),
+            Entry::Vacant(v) => {
+                let i = u32::try_from(entries.len()).expect("at most 2^32 keys per shard");
+                entries.push(KeyEntry {
+                    hash,
+                    key: KeyBytes::new(key),
+                    next_seq: self.cfg.sequence_start,
+                    version: 0,
+                    dirty: false,
+                    held: Vec::new(),
+                    state: self.stage.new_state(),
+                });
+                v.insert(i);
+                i
+            }
+        }
+    }
+
     /// Processes a batch of events of this shard, in order.
     pub fn process(&mut self, batch: &EventBatch) -> Outcomes {
         // hot path
-        let mut o = Outcomes {
-            read: 0,
-            ..Default::default()
-        };
+        let mut o = Outcomes::default();
         let emit = !batch.replay;
         let slots = self.cfg.slots;
         for (i, ev) in batch.events.iter().enumerate() {
             let values = &batch.values[i * slots..(i + 1) * slots];
             let key = batch.bytes(ev.key);
-            let start = self.cfg.sequence_start;
-            let entry = match self.table.entry(
-                ev.key_hash,
-                |e| e.hash == ev.key_hash && *e.key == *key,
-                |e| e.hash,
-            ) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(v) => v
-                    .insert(KeyEntry {
-                        hash: ev.key_hash,
-                        key: key.into(),
-                        next_seq: start,
-                        version: 0,
-                        dirty: false,
-                        held: Vec::new(),
-                        state: self.stage.new_state(),
-                    })
-                    .into_mut(),
-            };
+            let idx = self.entry_index(ev.key_hash, key);
             let view = EventView {
                 values,
                 arena: &batch.arena,
             };
+            let raw = batch.bytes(ev.raw);
             if !self.cfg.sequenced {
-                apply_one(
-                    &*self.stage,
-                    &self.cfg,
-                    &self.inputs,
-                    entry,
-                    view,
-                    ev.input,
-                    ev.offset,
-                    0,
-                    batch.bytes(ev.raw),
-                    emit,
-                    Out {
-                        outputs: &mut self.outputs,
-                        dead: &mut self.dead,
-                        dirty: &mut self.dirty,
-                        dirty_keys: &mut self.dirty_keys,
-                        scratch: &mut self.scratch,
-                    },
-                    &mut o,
-                );
+                self.apply(idx, view, ev.input, ev.offset, 0, raw, emit, &mut o);
                 continue;
             }
+            let entry = &mut self.entries[idx as usize];
             if ev.seq < entry.next_seq || entry.held.iter().any(|h| h.seq == ev.seq) {
                 o.duplicates += 1;
-                continue;
-            }
-            if ev.seq > entry.next_seq {
+            } else if ev.seq > entry.next_seq {
                 if self.held_total >= self.cfg.reorder_capacity {
                     let detail = format!(
                         "sequence gap: expected {}, got {}; the reorder buffer is full ({} records held in this shard)",
@@ -213,64 +241,43 @@ impl<S: Stage> ShardCore<S> {
                         ev.offset,
                         key,
                         Some(ev.seq),
-                        batch.bytes(ev.raw),
+                        raw,
                         emit,
                         &mut o,
                     );
-                    continue;
-                }
-                // Hold a self-contained copy (rebased strings + raw bytes).
-                let mut arena = Vec::new();
-                let mut vals: Box<[Value]> = values.into();
-                for v in vals.iter_mut() {
-                    if let Value::Str(s, l) = *v {
-                        let at = arena.len() as u32;
-                        arena.extend_from_slice(&batch.arena[s as usize..(s + l) as usize]);
-                        *v = Value::Str(at, l);
+                } else {
+                    // Hold a self-contained copy (rebased strings + raw bytes).
+                    let mut arena = Vec::new();
+                    let mut vals: Box<[Value]> = values.into();
+                    for v in vals.iter_mut() {
+                        if let Value::Str(s, l) = *v {
+                            let at = arena.len() as u32;
+                            arena.extend_from_slice(&batch.arena[s as usize..(s + l) as usize]);
+                            *v = Value::Str(at, l);
+                        }
                     }
+                    let raw_at = arena.len() as u32;
+                    arena.extend_from_slice(raw);
+                    entry.held.push(Held {
+                        seq: ev.seq,
+                        input: ev.input,
+                        offset: ev.offset,
+                        values: vals,
+                        arena: arena.into(),
+                        raw: (raw_at, ev.raw.1),
+                    });
+                    self.held_total += 1;
+                    o.held_delta += 1;
+                    self.expiry[ev.input as usize].push_back((ev.offset, idx, ev.seq));
                 }
-                let raw_at = arena.len() as u32;
-                arena.extend_from_slice(batch.bytes(ev.raw));
-                entry.held.push(Held {
-                    seq: ev.seq,
-                    input: ev.input,
-                    offset: ev.offset,
-                    values: vals,
-                    arena: arena.into(),
-                    raw: (raw_at, ev.raw.1),
-                });
-                self.held_total += 1;
-                o.held_delta += 1;
-                self.expiry[ev.input as usize].push_back((
-                    ev.offset,
-                    ev.key_hash,
-                    key.into(),
-                    ev.seq,
-                ));
             } else {
-                let mut out = Out {
-                    outputs: &mut self.outputs,
-                    dead: &mut self.dead,
-                    dirty: &mut self.dirty,
-                    dirty_keys: &mut self.dirty_keys,
-                    scratch: &mut self.scratch,
-                };
-                apply_one(
-                    &*self.stage,
-                    &self.cfg,
-                    &self.inputs,
-                    entry,
-                    view,
-                    ev.input,
-                    ev.offset,
-                    ev.seq,
-                    batch.bytes(ev.raw),
-                    emit,
-                    out.reborrow(),
-                    &mut o,
-                );
+                self.apply(idx, view, ev.input, ev.offset, ev.seq, raw, emit, &mut o);
                 // Release held successors that are now in order.
-                while let Some(pos) = entry.held.iter().position(|h| h.seq == entry.next_seq) {
+                loop {
+                    let entry = &mut self.entries[idx as usize];
+                    let Some(pos) = entry.held.iter().position(|h| h.seq == entry.next_seq) else {
+                        break;
+                    };
                     let h = entry.held.swap_remove(pos);
                     self.held_total -= 1;
                     o.held_delta -= 1;
@@ -279,20 +286,7 @@ impl<S: Stage> ShardCore<S> {
                         arena: &h.arena,
                     };
                     let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
-                    apply_one(
-                        &*self.stage,
-                        &self.cfg,
-                        &self.inputs,
-                        entry,
-                        view,
-                        h.input,
-                        h.offset,
-                        h.seq,
-                        raw,
-                        emit,
-                        out.reborrow(),
-                        &mut o,
-                    );
+                    self.apply(idx, view, h.input, h.offset, h.seq, raw, emit, &mut o);
                 }
             }
             self.expire(ev.input, ev.offset, emit, &mut o);
@@ -300,24 +294,77 @@ impl<S: Stage> ShardCore<S> {
         o
     }
 
+    /// Applies one in-order record (sequence already checked) and emits per the mode.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn apply(
+        &mut self,
+        idx: u32,
+        view: EventView<'_>,
+        input: u32,
+        offset: u64,
+        seq: u64,
+        raw: &[u8],
+        emit: bool,
+        o: &mut Outcomes,
+    ) {
+        // hot path
+        let entry = &mut self.entries[idx as usize];
+        if self.cfg.sequenced {
+            // The slot is consumed whether the stage accepts the record or not, so that one
+            // bad record does not stall its key forever.
+            entry.next_seq = seq + 1;
+        }
+        match self.stage.apply(&mut entry.state, view) {
+            Ok(()) => {
+                o.processed += 1;
+                entry.version = if self.cfg.sequenced {
+                    seq
+                } else {
+                    entry.version + 1
+                };
+                if !emit {
+                    return;
+                }
+                match self.cfg.emit {
+                    EmitMode::PerEvent => render(&*self.stage, &self.cfg, entry, &mut self.outputs),
+                    EmitMode::PerEpoch => {
+                        if !entry.dirty {
+                            entry.dirty = true;
+                            self.dirty.push(idx);
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                let key = entry.key.as_bytes();
+                dead_letter(
+                    &mut self.dead,
+                    &self.inputs,
+                    DeadReason::Logic,
+                    &reason,
+                    input,
+                    offset,
+                    key,
+                    self.cfg.sequenced.then_some(seq),
+                    raw,
+                    emit,
+                    o,
+                );
+            }
+        }
+    }
+
     /// Dead-letters records of `input` held for longer than the window.
     fn expire(&mut self, input: u32, offset: u64, emit: bool, o: &mut Outcomes) {
         let window = self.cfg.reorder_window;
         let q = &mut self.expiry[input as usize];
-        while let Some((held_offset, hash, _, _)) = q.front() {
+        while let Some(&(held_offset, idx, seq)) = q.front() {
             if held_offset.saturating_add(window) >= offset {
                 break;
             }
-            let (held_offset, hash, key, seq) = {
-                let _ = hash;
-                q.pop_front().expect("front exists")
-            };
-            let Some(entry) = self
-                .table
-                .find_mut(hash, |e| e.hash == hash && e.key == key)
-            else {
-                continue;
-            };
+            q.pop_front();
+            let entry = &mut self.entries[idx as usize];
             let Some(pos) = entry
                 .held
                 .iter()
@@ -340,7 +387,7 @@ impl<S: Stage> ShardCore<S> {
                 &detail,
                 h.input,
                 h.offset,
-                &entry.key,
+                entry.key.as_bytes(),
                 Some(h.seq),
                 raw,
                 emit,
@@ -351,19 +398,12 @@ impl<S: Stage> ShardCore<S> {
 
     /// Ends the epoch: renders the changed keys (per-epoch emission) and hands over the buffers.
     pub fn barrier(&mut self, epoch: u64) -> ShardPart {
-        if self.cfg.emit == EmitMode::PerEpoch {
-            for &(hash, ks, kl) in &self.dirty {
-                let key = &self.dirty_keys[ks as usize..(ks + kl) as usize];
-                let entry = self
-                    .table
-                    .find_mut(hash, |e| e.hash == hash && *e.key == *key)
-                    .expect("dirty key has state");
-                entry.dirty = false;
-                render(&*self.stage, &self.cfg, entry, &mut self.outputs);
-            }
-            self.dirty.clear();
-            self.dirty_keys.clear();
+        for &idx in &self.dirty {
+            let entry = &mut self.entries[idx as usize];
+            entry.dirty = false;
+            render(&*self.stage, &self.cfg, entry, &mut self.outputs);
         }
+        self.dirty.clear();
         let fresh = OutBuf {
             data: Vec::with_capacity(self.outputs.data.capacity()),
             recs: Vec::with_capacity(self.outputs.recs.capacity()),
@@ -379,44 +419,25 @@ impl<S: Stage> ShardCore<S> {
 
     /// The read model of one key as JSON (for tests and queries).
     pub fn render_key(&self, key: &[u8]) -> Option<String> {
-        let hash = crate::hash::stable_hash(key);
-        let entry = self
-            .table
-            .find(hash, |e| e.hash == hash && *e.key == *key)?;
+        let idx = self.find(crate::hash::stable_hash(key), key)?;
         let mut out = OutBuf::default();
-        render(&*self.stage, &self.cfg, entry, &mut out);
+        render(
+            &*self.stage,
+            &self.cfg,
+            &self.entries[idx as usize],
+            &mut out,
+        );
         out.iter()
             .next()
             .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
     }
 }
 
-/// Mutable output targets, bundled to keep argument lists short.
-struct Out<'a> {
-    outputs: &'a mut OutBuf,
-    dead: &'a mut OutBuf,
-    dirty: &'a mut Vec<(u64, u32, u32)>,
-    dirty_keys: &'a mut Vec<u8>,
-    scratch: &'a mut Vec<u8>,
-}
-
-impl Out<'_> {
-    fn reborrow(&mut self) -> Out<'_> {
-        Out {
-            outputs: self.outputs,
-            dead: self.dead,
-            dirty: self.dirty,
-            dirty_keys: self.dirty_keys,
-            scratch: self.scratch,
-        }
-    }
-}
-
 fn render<S: Stage>(stage: &S, cfg: &ShardSettings, entry: &KeyEntry<S::State>, out: &mut OutBuf) {
     let partition = bucket(entry.hash, PARTITION_SALT, cfg.view_partitions);
-    out.push_with(partition, &entry.key, |buf| {
+    out.push_with(partition, entry.key.as_bytes(), |buf| {
         buf.extend_from_slice(b"{\"key\":");
-        write_json_str(buf, &entry.key);
+        write_json_str(buf, entry.key.as_bytes());
         buf.extend_from_slice(b",\"version\":");
         write_uint(buf, entry.version);
         let mark = buf.len();
@@ -427,70 +448,6 @@ fn render<S: Stage>(stage: &S, cfg: &ShardSettings, entry: &KeyEntry<S::State>, 
         }
         buf.push(b'}');
     });
-}
-
-/// Applies one in-order record (sequence already checked) and emits per the mode.
-#[allow(clippy::too_many_arguments)]
-fn apply_one<S: Stage>(
-    stage: &S,
-    cfg: &ShardSettings,
-    inputs: &InputNames,
-    entry: &mut KeyEntry<S::State>,
-    view: EventView<'_>,
-    input: u32,
-    offset: u64,
-    seq: u64,
-    raw: &[u8],
-    emit: bool,
-    out: Out<'_>,
-    o: &mut Outcomes,
-) {
-    // hot path
-    if cfg.sequenced {
-        // The slot is consumed whether the stage accepts the record or not, so that one
-        // bad record does not stall its key forever.
-        entry.next_seq = seq + 1;
-    }
-    match stage.apply(&mut entry.state, view) {
-        Ok(()) => {
-            o.processed += 1;
-            entry.version = if cfg.sequenced {
-                seq
-            } else {
-                entry.version + 1
-            };
-            if !emit {
-                return;
-            }
-            match cfg.emit {
-                EmitMode::PerEvent => render(stage, cfg, entry, out.outputs),
-                EmitMode::PerEpoch => {
-                    if !entry.dirty {
-                        entry.dirty = true;
-                        let at = out.dirty_keys.len() as u32;
-                        out.dirty_keys.extend_from_slice(&entry.key);
-                        out.dirty.push((entry.hash, at, entry.key.len() as u32));
-                    }
-                }
-            }
-        }
-        Err(reason) => {
-            let _ = &out.scratch;
-            dead_letter(
-                out.dead,
-                inputs,
-                DeadReason::Logic,
-                &reason,
-                input,
-                offset,
-                &entry.key,
-                cfg.sequenced.then_some(seq),
-                raw,
-                emit,
-                o,
-            );
-        }
-    }
 }
 
 /// Counts a dead letter and, unless replaying, writes it.

@@ -230,6 +230,8 @@ pub mod defaults {
 
 const MAX_SHARDS: i64 = 256;
 const MAX_PARTITIONS: i64 = 4096;
+/// Most output fields of a view (the fold tracks them in a 64-bit mask).
+pub const MAX_VIEW_FIELDS: usize = 64;
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -533,6 +535,13 @@ impl Pipeline {
                     when,
                 });
             }
+        }
+        if fields.len() > MAX_VIEW_FIELDS {
+            cx.error(
+                "view.fields",
+                f.span(),
+                format!("at most {MAX_VIEW_FIELDS} fields, got {}", fields.len()),
+            );
         }
         f.finish(&mut cx);
         v.finish(&mut cx);

@@ -3,7 +3,7 @@
 //! A *store* is a directory holding named *topics*; each topic has a fixed number of
 //! *partitions*; each partition is a sequence of records with offsets `0, 1, 2, …`
 //! kept in segmented append-only files. The on-disk format is documented in
-//! [`format`].
+//! [`format`](mod@format).
 //!
 //! * Writes happen only in transactions ([`LogWriter::begin`] → [`Txn::append`] →
 //!   [`Txn::commit`]). A transaction may touch any partitions of any topics of the

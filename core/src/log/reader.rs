@@ -14,6 +14,8 @@ use super::{LogError, TopicId};
 
 /// Largest read-ahead of a cursor (more only for bigger batches).
 const READ_CHUNK: usize = 1 << 20;
+/// Journal read buffer capacity kept between refreshes.
+const JOURNAL_KEEP_BYTES: usize = 1 << 20;
 /// Initial size of a cursor's read buffer (doubles up to `READ_CHUNK`).
 const INITIAL_CHUNK: usize = 64 << 10;
 
@@ -229,6 +231,10 @@ impl LogReader {
             Ok::<_, LogError>(())
         })?;
         self.pending.drain(..applied);
+        if self.pending.capacity() > JOURNAL_KEEP_BYTES {
+            // Do not keep the size of a whole journal read at open.
+            self.pending.shrink_to(JOURNAL_KEEP_BYTES);
+        }
         self.consumed += applied as u64;
         Ok(match tail {
             Tail::Clean => Tail::Clean,

@@ -10,6 +10,9 @@ use proptest::prelude::*;
 use super::format::{self, BATCH_HEADER_LEN};
 use super::*;
 
+/// A record's key and value.
+type Kv = (Vec<u8>, Vec<u8>);
+
 fn opts_small() -> LogOptions {
     LogOptions {
         fsync: FsyncPolicy::EveryCommit,
@@ -86,12 +89,12 @@ fn round_trip_topics_partitions_and_rolls() {
     assert_ne!(a, b);
     assert_eq!(w.topic("alpha"), Some((a, 3)));
     assert_eq!(w.ensure_topic("alpha", 3).unwrap(), a);
-    let mut expect: HashMap<(TopicId, u32), Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+    let mut expect: HashMap<(TopicId, u32), Vec<Kv>> = HashMap::new();
     let mut i = 0u64;
     for epoch in 1..=20u64 {
         let mut txn = w.begin();
         for _ in 0..(epoch * 3) {
-            let (t, p) = if i % 3 == 0 {
+            let (t, p) = if i.is_multiple_of(3) {
                 (b, (i % 2) as u32)
             } else {
                 (a, ((i / 3) % 3) as u32)
@@ -543,7 +546,7 @@ fn journal_compaction_keeps_ends_and_inputs() {
     let t = w.ensure_topic("t", 3).unwrap();
     let mut r = LogReader::open(dir, "t").unwrap();
     let mut cursors: Vec<Cursor> = (0..3).map(|p| r.cursor(p, 0).unwrap()).collect();
-    let mut seen = vec![0u64; 3];
+    let mut seen = [0u64; 3];
     let mut buf = RecordBuf::new();
     let mut total = vec![0u64; 3];
     let commit_some = |w: &mut LogWriter, e: u64, total: &mut Vec<u64>| {
@@ -687,6 +690,7 @@ fn errors_for_bad_dirs_topics_and_io_failures() {
         Err(LogError::NotALog { .. })
     ));
     assert!(tmp.path().join("precious.txt").exists());
+    assert!(!tmp.path().join("LOCK").exists());
 
     let dir = tmp.path().join("s");
     let mut w = LogWriter::open(&dir, LogOptions::default()).unwrap();
@@ -736,6 +740,65 @@ fn errors_for_bad_dirs_topics_and_io_failures() {
     assert_eq!(w.end_offset(t, 0), 0);
 }
 
+#[test]
+fn concurrent_reader_sees_only_committed_prefixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let opts = LogOptions {
+        fsync: FsyncPolicy::Never,
+        segment_bytes: 4096,
+        journal_compact_bytes: 2048,
+    };
+    let mut w = LogWriter::open(&dir, opts).unwrap();
+    let t = w.ensure_topic("t", 2).unwrap();
+    const TXNS: u64 = 300;
+    let reader_dir = dir.clone();
+    let reader = std::thread::spawn(move || {
+        let mut r = LogReader::open(&reader_dir, "t").unwrap();
+        let mut cursors: Vec<Cursor> = (0..2).map(|p| r.cursor(p, 0).unwrap()).collect();
+        let mut buf = RecordBuf::new();
+        let mut next = [0u64; 2];
+        let mut refreshes = 0;
+        while next[0] < TXNS * 3 || next[1] < TXNS {
+            r.refresh().unwrap();
+            refreshes += 1;
+            // Commits are atomic across partitions: p0 gets 3 records per txn, p1 one.
+            assert_eq!(r.committed_end(0), 3 * r.committed_end(1));
+            for p in 0..2u32 {
+                buf.clear();
+                cursors[p as usize].read(&r, 7, &mut buf).unwrap();
+                for rec in buf.iter() {
+                    assert_eq!(rec.offset, next[p as usize]);
+                    assert_eq!(rec.key, key(rec.offset), "partition {p}");
+                    next[p as usize] += 1;
+                }
+            }
+        }
+        refreshes
+    });
+    for i in 0..TXNS {
+        let mut txn = w.begin();
+        for j in 0..3 {
+            txn.append(t, 0, &key(i * 3 + j), &value(i, 40));
+        }
+        txn.append(t, 1, &key(i), b"");
+        if i % 5 == 0 {
+            // Aborted work interleaved with the commits.
+            drop(txn);
+            let mut txn = w.begin();
+            for j in 0..3 {
+                txn.append(t, 0, &key(i * 3 + j), &value(i, 40));
+            }
+            txn.append(t, 1, &key(i), b"");
+            txn.commit(&marker(i, &[])).unwrap();
+        } else {
+            txn.commit(&marker(i, &[])).unwrap();
+        }
+    }
+    let refreshes = reader.join().unwrap();
+    assert!(refreshes > 1);
+}
+
 // ---------------------------------------------------------------------------------
 // Model-based property test
 
@@ -781,7 +844,7 @@ const SOURCES: [&str; 2] = ["s0", "s1"];
 
 #[derive(Default)]
 struct Model {
-    data: HashMap<(usize, u32), Vec<(Vec<u8>, Vec<u8>)>>,
+    data: HashMap<(usize, u32), Vec<Kv>>,
     pending: Vec<(usize, u32, Vec<u8>, Vec<u8>)>,
     inputs: BTreeMap<(String, u32), u64>,
     last: Option<CommitMarker>,
@@ -793,7 +856,7 @@ fn check_against_model(
     m: &Model,
     readers: &mut [LogReader],
     cursors: &mut [Vec<Cursor>],
-    seen: &mut [Vec<Vec<(Vec<u8>, Vec<u8>)>>],
+    seen: &mut [Vec<Vec<Kv>>],
 ) {
     for (ti, name) in TOPICS.iter().enumerate() {
         let (id, parts) = w.topic(name).unwrap();
@@ -828,8 +891,19 @@ fn check_against_model(
     assert_eq!(w.last_txn_id(), m.txns);
 }
 
+/// A temporary directory on tmpfs when available (the model test checks logic, not
+/// durability, and creates many stores).
+fn fast_tempdir() -> tempfile::TempDir {
+    match Path::new("/dev/shm") {
+        shm if shm.is_dir() => {
+            tempfile::tempdir_in(shm).unwrap_or_else(|_| tempfile::tempdir().unwrap())
+        }
+        _ => tempfile::tempdir().unwrap(),
+    }
+}
+
 fn run_model(ops: Vec<Op>) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = fast_tempdir();
     let dir = tmp.path();
     let opts = LogOptions {
         fsync: FsyncPolicy::Never,
@@ -854,7 +928,7 @@ fn run_model(ops: Vec<Op>) {
                 .collect()
         })
         .collect();
-    let mut seen: Vec<Vec<Vec<(Vec<u8>, Vec<u8>)>>> = readers
+    let mut seen: Vec<Vec<Vec<Kv>>> = readers
         .iter()
         .map(|r| vec![Vec::new(); r.partitions() as usize])
         .collect();

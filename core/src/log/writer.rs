@@ -34,8 +34,7 @@ pub struct RecoveryReport {
 struct Segment {
     len: u64,
     path: PathBuf,
-    /// Opened lazily on the first write.
-    file: Option<File>,
+    file: File,
     /// Written by the transaction being committed (needs an fdatasync).
     dirty: bool,
 }
@@ -54,8 +53,15 @@ struct Pending {
     records: u64,
 }
 
+/// Pending buffers larger than this are released after a transaction instead of
+/// being kept for reuse.
+const PENDING_KEEP_BYTES: usize = 16 << 20;
+
 impl Pending {
     fn clear(&mut self) {
+        if self.buf.capacity() > PENDING_KEEP_BYTES {
+            self.buf = Vec::new();
+        }
         self.buf.clear();
         self.splits.clear();
         self.cur_bytes = 0;
@@ -88,6 +94,8 @@ pub struct LogWriter {
     journal_path: PathBuf,
     journal: File,
     journal_len: u64,
+    /// Journal size right after the last compaction (0 if none).
+    compacted_len: u64,
     /// Indexed by topic id.
     topics: Vec<Option<TopicState>>,
     by_name: HashMap<String, TopicId>,
@@ -150,8 +158,9 @@ fn lock_store(dir: &Path) -> Result<File, LogError> {
     Ok(file)
 }
 
-/// Creates the journal of a new store, refusing directories that hold anything else.
-fn create_store(dir: &Path) -> Result<(), LogError> {
+/// Refuses to turn a directory holding anything but leftovers of an interrupted
+/// store creation into a store.
+fn check_creatable(dir: &Path) -> Result<(), LogError> {
     let rd = fs::read_dir(dir).map_err(|e| LogError::io(dir, "list directory", e))?;
     for ent in rd {
         let ent = ent.map_err(|e| LogError::io(dir, "list directory", e))?;
@@ -170,6 +179,12 @@ fn create_store(dir: &Path) -> Result<(), LogError> {
             });
         }
     }
+    Ok(())
+}
+
+/// Creates the journal (and topics directory) of a new store.
+fn create_store(dir: &Path) -> Result<(), LogError> {
+    check_creatable(dir)?;
     let tdir = dir.join(TOPICS_DIR);
     fs::create_dir_all(&tdir).map_err(|e| LogError::io(&tdir, "create directory", e))?;
     format::write_atomic(dir, JOURNAL_TMP, JOURNAL_FILE, &format::journal_header())
@@ -333,6 +348,16 @@ fn recover_partition(
             ));
         }
         let h = BatchHeader::parse(&hdr).map_err(|r| LogError::corrupt(&path, pos, r))?;
+        if pos + h.total_len() > file_len {
+            return Err(LogError::corrupt(
+                &path,
+                pos,
+                format!(
+                    "committed batch at offset {next} truncated: needs {} bytes, segment ends at byte {file_len}",
+                    h.total_len()
+                ),
+            ));
+        }
         payload.resize(h.payload_len as usize, 0);
         let n = format::read_at_most(&file, pos + BATCH_HEADER_LEN as u64, &mut payload)
             .map_err(|e| LogError::io(&path, "read", e))?;
@@ -385,7 +410,7 @@ fn recover_partition(
     Ok(Some(Segment {
         len: pos,
         path,
-        file: Some(file),
+        file,
         dirty: false,
     }))
 }
@@ -399,9 +424,17 @@ impl LogWriter {
     /// [`LogError::NotALog`] if `dir` is a non-empty directory that is not a store, and
     /// [`LogError::Corrupt`] if committed data is missing or damaged.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<Self, LogError> {
-        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, "create directory", e))?;
-        let lock = lock_store(dir)?;
         let journal_path = dir.join(JOURNAL_FILE);
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| LogError::io(dir, "create directory", e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                format::fsync_dir(parent)?;
+            }
+        } else if !journal_path.exists() {
+            // Check before creating the lock file in a foreign directory.
+            check_creatable(dir)?;
+        }
+        let lock = lock_store(dir)?;
         if !journal_path.exists() {
             create_store(dir)?;
         }
@@ -415,45 +448,27 @@ impl LogWriter {
         // Topics.
         let tdir = dir.join(TOPICS_DIR);
         fs::create_dir_all(&tdir).map_err(|e| LogError::io(&tdir, "create directory", e))?;
+        let metas = format::read_topics(dir)?;
         let mut topics: Vec<Option<TopicState>> = Vec::new();
-        let mut by_name = HashMap::new();
-        for (name, id, nparts) in format::read_topics(dir)? {
-            let topic_dir = tdir.join(&name);
-            let meta = topic_dir.join(META_FILE);
-            if id as usize >= topics.len() {
-                topics.resize_with(id as usize + 1, || None);
+        for (name, id, _) in &metas {
+            if *id as usize >= topics.len() {
+                topics.resize_with(*id as usize + 1, || None);
             }
-            if let Some(other) = &topics[id as usize] {
+            if let Some(other) = &topics[*id as usize] {
                 return Err(LogError::corrupt(
-                    meta,
+                    tdir.join(name).join(META_FILE),
                     0,
                     format!("topic id {id} is also used by topic {:?}", other.name),
                 ));
             }
-            let stale = topic_dir.join(META_TMP);
-            if stale.exists() {
-                fs::remove_file(&stale).map_err(|e| LogError::io(&stale, "remove", e))?;
-            }
-            let mut parts = Vec::with_capacity(nparts as usize);
-            for p in 0..nparts {
-                let pdir = format::partition_dir(&topic_dir, p);
-                let end = st.ends.get(&(id, p)).copied().unwrap_or(0);
-                let seg = recover_partition(&pdir, end, &mut report)?;
-                parts.push(PartState {
-                    dir: pdir,
-                    end,
-                    seg,
-                    pending: Pending::default(),
-                });
-            }
-            by_name.insert(name.clone(), id);
-            topics[id as usize] = Some(TopicState { name, parts });
+            topics[*id as usize] = Some(TopicState {
+                name: name.clone(),
+                parts: Vec::new(),
+            });
         }
+        // Check the journal against the topics before touching any file.
         for &(t, p) in st.ends.keys() {
-            let known = topics
-                .get(t as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|ts| p < ts.parts.len() as u32);
+            let known = metas.iter().any(|&(_, id, n)| id == t && p < n);
             if !known {
                 return Err(LogError::corrupt(
                     &journal_path,
@@ -463,6 +478,30 @@ impl LogWriter {
                     ),
                 ));
             }
+        }
+        let mut by_name = HashMap::new();
+        for (name, id, nparts) in metas {
+            let topic_dir = tdir.join(&name);
+            let stale = topic_dir.join(META_TMP);
+            if stale.exists() {
+                fs::remove_file(&stale).map_err(|e| LogError::io(&stale, "remove", e))?;
+            }
+            let ts = topics[id as usize]
+                .as_mut()
+                .expect("topic registered above");
+            ts.parts.reserve(nparts as usize);
+            for p in 0..nparts {
+                let pdir = format::partition_dir(&topic_dir, p);
+                let end = st.ends.get(&(id, p)).copied().unwrap_or(0);
+                let seg = recover_partition(&pdir, end, &mut report)?;
+                ts.parts.push(PartState {
+                    dir: pdir,
+                    end,
+                    seg,
+                    pending: Pending::default(),
+                });
+            }
+            by_name.insert(name, id);
         }
 
         let journal = OpenOptions::new()
@@ -477,6 +516,7 @@ impl LogWriter {
             journal_path,
             journal,
             journal_len,
+            compacted_len: 0,
             topics,
             by_name,
             last_txn: st.last_txn,
@@ -693,6 +733,7 @@ impl LogWriter {
             .open(&self.journal_path)
             .map_err(|e| LogError::io(&self.journal_path, "open", e))?;
         self.journal_len = data.len() as u64;
+        self.compacted_len = self.journal_len;
         Ok(())
     }
 
@@ -736,9 +777,9 @@ impl LogWriter {
                     if let Some(old) = ps.seg.take()
                         && old.dirty
                         && sync
-                        && let Some(f) = &old.file
                     {
-                        f.sync_data()
+                        old.file
+                            .sync_data()
                             .map_err(|e| LogError::io(&old.path, "fdatasync", e))?;
                     }
                     let path = ps.dir.join(format::segment_file_name(next));
@@ -751,7 +792,7 @@ impl LogWriter {
                     ps.seg = Some(Segment {
                         len: 0,
                         path,
-                        file: Some(file),
+                        file,
                         dirty: false,
                     });
                     if sync && !new_dirs.contains(&ps.dir) {
@@ -759,15 +800,7 @@ impl LogWriter {
                     }
                 }
                 let seg = ps.seg.as_mut().expect("active segment");
-                if seg.file.is_none() {
-                    let f = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(&seg.path)
-                        .map_err(|e| LogError::io(&seg.path, "open segment", e))?;
-                    seg.file = Some(f);
-                }
-                let file = seg.file.as_ref().expect("segment file");
+                let file = &seg.file;
                 let header = format::encode_batch_header(next, count, timestamp_ms, payload);
                 file.write_all_at(&header, seg.len)
                     .map_err(|e| LogError::io(&seg.path, "write", e))?;
@@ -790,9 +823,9 @@ impl LogWriter {
                     .parts[p as usize];
                 if let Some(seg) = &ps.seg
                     && seg.dirty
-                    && let Some(f) = &seg.file
                 {
-                    f.sync_data()
+                    seg.file
+                        .sync_data()
                         .map_err(|e| LogError::io(&seg.path, "fdatasync", e))?;
                 }
             }
@@ -938,10 +971,15 @@ impl Txn<'_> {
         self.touched = touched;
         match res {
             Ok(info) => {
-                if self.w.journal_len > self.w.opts.journal_compact_bytes {
+                // Compact when over the threshold, but not again before the journal
+                // has at least doubled (a checkpoint may itself exceed the threshold).
+                let w = &mut *self.w;
+                if w.journal_len > w.opts.journal_compact_bytes
+                    && w.journal_len > 2 * w.compacted_len
+                {
                     // The commit is durable; a compaction failure poisons the writer
                     // for later calls but does not undo this commit.
-                    let _ = self.w.compact_journal();
+                    let _ = w.compact_journal();
                 }
                 Ok(info)
             }

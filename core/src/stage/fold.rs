@@ -114,6 +114,8 @@ enum Want {
 #[derive(Debug, Clone)]
 struct Compiled {
     name: String,
+    /// `"name":` rendered once.
+    prefix: Box<[u8]>,
     field: String,
     op: Op,
     when: Vec<(usize, Want)>,
@@ -162,8 +164,12 @@ impl Fold {
                         (slot(p), want)
                     })
                     .collect();
+                let mut prefix = Vec::new();
+                write_json_str(&mut prefix, r.name.as_bytes());
+                prefix.push(b':');
                 Compiled {
                     name: r.name.clone(),
+                    prefix: prefix.into(),
                     field,
                     op,
                     when,
@@ -229,10 +235,16 @@ impl Stage for Fold {
 
     fn apply(&self, state: &mut Self::State, ev: EventView<'_>) -> Result<(), String> {
         // hot path
-        // Check first (everything that can fail), then apply: all or nothing.
-        for (r, acc) in self.reducers.iter().zip(state.iter()) {
+        // Check first (everything that can fail), then apply: all or nothing. Filters
+        // are evaluated once; `active` remembers which reducers take this record.
+        let mut active: u64 = 0;
+        for (i, (r, acc)) in self.reducers.iter().zip(state.iter()).enumerate() {
+            if !r.when.is_empty() && !matches(&ev, &r.when) {
+                continue;
+            }
+            active |= 1 << i;
             match (&r.op, acc) {
-                (Op::Sum(s), Acc::SumI(cur)) if r.when.is_empty() || matches(&ev, &r.when) => {
+                (Op::Sum(s), Acc::SumI(cur)) => {
                     if let Some(Scalar::Int(i)) = numeric(ev.values[*s], &r.field)?
                         && cur.checked_add(i).is_none()
                     {
@@ -242,16 +254,14 @@ impl Stage for Fold {
                         ));
                     }
                 }
-                (Op::Sum(s) | Op::Min(s) | Op::Max(s), _)
-                    if r.when.is_empty() || matches(&ev, &r.when) =>
-                {
+                (Op::Sum(s) | Op::Min(s) | Op::Max(s), _) => {
                     numeric(ev.values[*s], &r.field)?;
                 }
                 _ => {}
             }
         }
-        for (r, acc) in self.reducers.iter().zip(state.iter_mut()) {
-            if !r.when.is_empty() && !matches(&ev, &r.when) {
+        for (i, (r, acc)) in self.reducers.iter().zip(state.iter_mut()).enumerate() {
+            if active & (1 << i) == 0 {
                 continue;
             }
             match (&r.op, acc) {
@@ -300,8 +310,7 @@ impl Stage for Fold {
             if i > 0 {
                 out.push(b',');
             }
-            write_json_str(out, r.name.as_bytes());
-            out.push(b':');
+            out.extend_from_slice(&r.prefix);
             match acc {
                 Acc::Count(n) => write_uint(out, *n),
                 Acc::SumI(n) => write_int(out, *n),
