@@ -40,6 +40,7 @@ struct Args {
     rate: u64,
     seconds: u64,
     shards: usize,
+    fsync: bool,
 }
 
 fn args() -> Args {
@@ -50,11 +51,17 @@ fn args() -> Args {
         rate: 100_000,
         seconds: 10,
         shards: 2,
+        fsync: true,
     };
-    let argv: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|s| s != "--bench")
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not: then this is a
+    // smoke run (`--quick`, or ONCEFLOW_LOADGEN_ARGS for scripts/test --long).
+    let argv: Vec<String> = if raw.iter().any(|a| a == "--bench") {
+        raw.into_iter().filter(|s| s != "--bench").collect()
+    } else {
+        let args = std::env::var("ONCEFLOW_LOADGEN_ARGS").unwrap_or_else(|_| "--quick".into());
+        args.split_whitespace().map(str::to_string).collect()
+    };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let mut val = || {
@@ -71,6 +78,7 @@ fn args() -> Args {
                     rate: 20_000,
                     seconds: 2,
                     shards: 2,
+                    fsync: true,
                 };
             }
             "--events" => a.events = val(),
@@ -79,15 +87,24 @@ fn args() -> Args {
             "--rate" => a.rate = val(),
             "--seconds" => a.seconds = val(),
             "--shards" => a.shards = val() as usize,
+            "--no-fsync" => a.fsync = false,
             other => panic!("unknown argument {other}"),
         }
     }
     a
 }
 
-fn pipeline(dir: &Path, shards: usize) -> Pipeline {
+fn pipeline(dir: &Path, shards: usize, fsync: bool) -> Pipeline {
     let src = include_str!("../examples/bank/pipeline.toml")
         .replace("shards = 2", &format!("shards = {shards}"))
+        .replace(
+            "[pipeline]",
+            if fsync {
+                "[pipeline]"
+            } else {
+                "[pipeline]\nfsync = \"never\""
+            },
+        )
         .replace("load = \"events.jsonl\"", "");
     Pipeline::parse(&src, dir).expect("example pipeline is valid")
 }
@@ -126,11 +143,12 @@ fn account_of(line: &[u8]) -> &[u8] {
 fn run_pipeline(
     dir: &Path,
     shards: usize,
+    fsync: bool,
     until_end: bool,
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
 ) -> engine::RunSummary {
-    let p = pipeline(dir, shards);
+    let p = pipeline(dir, shards, fsync);
     engine::run(
         &p,
         RunOptions {
@@ -227,6 +245,7 @@ fn main() {
         let s = run_pipeline(
             input.path(),
             a.shards,
+            a.fsync,
             true,
             Arc::new(AtomicBool::new(false)),
             Arc::new(Stats::default()),
@@ -244,15 +263,17 @@ fn main() {
             base[run]
         );
     }
-    let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
-    let (mo, mb, mr) = (
-        median(&mut ours.clone()),
-        median(&mut base.clone()),
-        median(&mut ratios.clone()),
-    );
-    println!(
-        "throughput: pipeline median {mo:.0} events/s; baseline median {mb:.0} events/s; ratio median {mr:.2}"
-    );
+    if a.runs > 0 {
+        let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
+        let (mo, mb, mr) = (
+            median(&mut ours.clone()),
+            median(&mut base.clone()),
+            median(&mut ratios.clone()),
+        );
+        println!(
+            "throughput: pipeline median {mo:.0} events/s; baseline median {mb:.0} events/s; ratio median {mr:.2}"
+        );
+    }
 
     // 3: open-loop latency while tailing.
     let dir = tempfile::tempdir().unwrap();
@@ -268,13 +289,14 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());
     let engine = {
-        let (path, stop, stats, shards) = (
+        let (path, stop, stats, shards, fsync) = (
             dir.path().to_path_buf(),
             stop.clone(),
             stats.clone(),
             a.shards,
+            a.fsync,
         );
-        std::thread::spawn(move || run_pipeline(&path, shards, false, stop, stats))
+        std::thread::spawn(move || run_pipeline(&path, shards, fsync, false, stop, stats))
     };
     let started = Instant::now();
     let total = a.rate * a.seconds;
@@ -310,11 +332,13 @@ fn main() {
     let s = engine.join().unwrap();
     let lat = s.stats;
     println!(
-        "latency: offered {offered:.0} events/s for {} s, commit_interval 100ms: append->commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)",
+        "latency: offered {offered:.0} events/s for {} s, commit_interval 100ms: append->commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events); barrier->commit p99 {:.1} ms, max {:.1} ms",
         a.seconds,
         lat.latency_p50_us.unwrap_or(0) as f64 / 1e3,
         lat.latency_p99_us.unwrap_or(0) as f64 / 1e3,
         lat.latency_max_us.unwrap_or(0) as f64 / 1e3,
-        lat.read
+        lat.read,
+        lat.commit_time_p99_us.unwrap_or(0) as f64 / 1e3,
+        lat.commit_time_max_us.unwrap_or(0) as f64 / 1e3,
     );
 }

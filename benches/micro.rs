@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
             for batch in &batches_all {
                 total.processed += shard_noseq.process(batch).processed;
             }
-            black_box(shard_noseq.barrier(1));
+            black_box(shard_noseq.barrier(1, None));
             black_box(total)
         })
     });

@@ -18,6 +18,8 @@ pub struct RouterPart {
     pub dead: OutBuf,
     /// `(append ms, count)` of the new records of this epoch, for latency.
     pub stamps: Vec<(u64, u64)>,
+    /// When the router sent the barrier (for the barrier → commit time).
+    pub barrier_at: Option<std::time::Instant>,
 }
 
 /// One complete epoch, ready to commit.

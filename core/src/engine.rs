@@ -248,19 +248,22 @@ pub fn run_with_stage<S: Stage>(
     }
 
     let mut router = Router::new(p, names.clone());
-    let source_names: Vec<String> = p.sources.iter().map(|s| s.name.clone()).collect();
     let on_commit = opts.on_commit.take();
 
     std::thread::scope(|scope| {
         let mut shard_handles = Vec::with_capacity(n);
+        let mut spare_txs = Vec::with_capacity(n);
         for (i, rx) in shard_rxs.into_iter().enumerate() {
             let core = ShardCore::new(stage.clone(), settings.clone(), names.clone());
+            // Output buffers come back from the committer for reuse.
+            let (spare_tx, spare_rx) = bounded::<OutBuf>(2);
+            spare_txs.push(spare_tx);
             let (commit_tx, pool_tx, stats) = (commit_tx.clone(), pool_tx.clone(), stats.clone());
             shard_handles.push(
                 std::thread::Builder::new()
                     .name(format!("onceflow-shard-{i}"))
                     .spawn_scoped(scope, move || {
-                        shard_loop(i, core, rx, commit_tx, pool_tx, &stats)
+                        shard_loop(i, core, rx, commit_tx, pool_tx, spare_rx, &stats)
                     })
                     .expect("spawn shard thread"),
             );
@@ -273,14 +276,7 @@ pub fn run_with_stage<S: Stage>(
                 .name("onceflow-committer".into())
                 .spawn_scoped(scope, move || {
                     committer_loop(
-                        writer,
-                        view_topic,
-                        dead_topic,
-                        n,
-                        commit_rx,
-                        &names,
-                        &source_names,
-                        &stats,
+                        writer, view_topic, dead_topic, n, commit_rx, &names, &spare_txs, &stats,
                         on_commit,
                     )
                 })
@@ -470,6 +466,7 @@ fn route_loop(
                     positions: inputs.iter().map(|i| i.cursor.position()).collect(),
                     dead: std::mem::take(&mut dead),
                     stamps: std::mem::take(&mut stamps),
+                    barrier_at: Some(now),
                 };
                 if commit_tx.send(CommitMsg::Router(part)).is_err() {
                     return Ok(recovery);
@@ -525,6 +522,7 @@ fn shard_loop<S: Stage>(
     rx: Receiver<ShardMsg>,
     commit_tx: Sender<CommitMsg>,
     pool_tx: Sender<EventBatch>,
+    spare: Receiver<OutBuf>,
     stats: &Stats,
 ) -> usize {
     loop {
@@ -552,10 +550,8 @@ fn shard_loop<S: Stage>(
                 let _ = pool_tx.try_send(b);
             }
             ShardMsg::Barrier(epoch) => {
-                if commit_tx
-                    .send(CommitMsg::Shard(i, core.barrier(epoch)))
-                    .is_err()
-                {
+                let part = core.barrier(epoch, spare.try_recv().ok());
+                if commit_tx.send(CommitMsg::Shard(i, part)).is_err() {
                     break;
                 }
             }
@@ -573,7 +569,7 @@ fn committer_loop(
     shards: usize,
     rx: Receiver<CommitMsg>,
     names: &InputNames,
-    _source_names: &[String],
+    spare_txs: &[Sender<OutBuf>],
     stats: &Stats,
     mut on_commit: Option<CommitHook>,
 ) -> Result<(), EngineError> {
@@ -601,12 +597,15 @@ fn committer_loop(
                 &mut writer,
                 view_topic,
                 dead_topic,
-                ep,
+                &ep,
                 names,
                 &mut last,
                 stats,
                 on_commit.as_mut(),
             )?;
+            for (i, part) in ep.shards.into_iter().enumerate() {
+                let _ = spare_txs[i].try_send(part.outputs);
+            }
         }
     }
     Ok(())
@@ -617,7 +616,7 @@ fn commit_epoch(
     writer: &mut LogWriter,
     view_topic: TopicId,
     dead_topic: TopicId,
-    ep: Epoch,
+    ep: &Epoch,
     names: &InputNames,
     last: &mut [u64],
     stats: &Stats,
@@ -660,6 +659,9 @@ fn commit_epoch(
     let commit_us = now_us();
     last.copy_from_slice(positions);
     stats.record_latency(&ep.router.stamps, commit_us);
+    if let Some(at) = ep.router.barrier_at {
+        stats.record_commit_time(at.elapsed());
+    }
     stats
         .committed_input
         .store(positions.iter().sum(), Ordering::Relaxed);

@@ -66,8 +66,8 @@ struct KeyEntry<St> {
     version: u64,
     /// Already in this epoch's dirty list.
     dirty: bool,
-    /// Early records, few at a time (usually none).
-    held: Vec<Held>,
+    /// How many early records of this key wait in `HeldStore` (usually none).
+    held: u32,
     state: St,
 }
 
@@ -126,6 +126,8 @@ pub struct ShardCore<S: Stage> {
     inputs: InputNames,
     table: HashTable<u32>,
     entries: Vec<KeyEntry<S::State>>,
+    /// Early records by entry index; kept out of the entries so they stay small.
+    held: hashbrown::HashMap<u32, Vec<Held>>,
     held_total: usize,
     /// Per input: held records in arrival order `(offset, entry index, seq)`; entries
     /// whose record was released meanwhile are skipped when popped.
@@ -146,6 +148,7 @@ impl<S: Stage> ShardCore<S> {
             inputs,
             table: HashTable::new(),
             entries: Vec::new(),
+            held: hashbrown::HashMap::new(),
             held_total: 0,
             expiry: (0..n).map(|_| VecDeque::new()).collect(),
             dirty: Vec::new(),
@@ -195,7 +198,7 @@ impl<S: Stage> ShardCore<S> {
                     next_seq: self.cfg.sequence_start,
                     version: 0,
                     dirty: false,
-                    held: Vec::new(),
+                    held: 0,
                     state: self.stage.new_state(),
                 });
                 v.insert(i);
@@ -224,7 +227,13 @@ impl<S: Stage> ShardCore<S> {
                 continue;
             }
             let entry = &mut self.entries[idx as usize];
-            if ev.seq < entry.next_seq || entry.held.iter().any(|h| h.seq == ev.seq) {
+            if ev.seq < entry.next_seq
+                || (entry.held > 0
+                    && self
+                        .held
+                        .get(&idx)
+                        .is_some_and(|v| v.iter().any(|h| h.seq == ev.seq)))
+            {
                 o.duplicates += 1;
             } else if ev.seq > entry.next_seq {
                 if self.held_total >= self.cfg.reorder_capacity {
@@ -258,7 +267,8 @@ impl<S: Stage> ShardCore<S> {
                     }
                     let raw_at = arena.len() as u32;
                     arena.extend_from_slice(raw);
-                    entry.held.push(Held {
+                    entry.held += 1;
+                    self.held.entry(idx).or_default().push(Held {
                         seq: ev.seq,
                         input: ev.input,
                         offset: ev.offset,
@@ -275,10 +285,14 @@ impl<S: Stage> ShardCore<S> {
                 // Release held successors that are now in order.
                 loop {
                     let entry = &mut self.entries[idx as usize];
-                    let Some(pos) = entry.held.iter().position(|h| h.seq == entry.next_seq) else {
+                    if entry.held == 0 {
+                        break;
+                    }
+                    let next = entry.next_seq;
+                    let Some(h) = take_held(&mut self.held, idx, |h| h.seq == next) else {
                         break;
                     };
-                    let h = entry.held.swap_remove(pos);
+                    entry.held -= 1;
                     self.held_total -= 1;
                     o.held_delta -= 1;
                     let view = EventView {
@@ -365,14 +379,12 @@ impl<S: Stage> ShardCore<S> {
             }
             q.pop_front();
             let entry = &mut self.entries[idx as usize];
-            let Some(pos) = entry
-                .held
-                .iter()
-                .position(|h| h.seq == seq && h.offset == held_offset)
-            else {
+            let Some(h) = take_held(&mut self.held, idx, |h| {
+                h.seq == seq && h.offset == held_offset
+            }) else {
                 continue;
             };
-            let h = entry.held.swap_remove(pos);
+            entry.held -= 1;
             self.held_total -= 1;
             o.held_delta -= 1;
             let detail = format!(
@@ -397,16 +409,25 @@ impl<S: Stage> ShardCore<S> {
     }
 
     /// Ends the epoch: renders the changed keys (per-epoch emission) and hands over the buffers.
-    pub fn barrier(&mut self, epoch: u64) -> ShardPart {
+    ///
+    /// `spare` is an emptied buffer from an earlier epoch to reuse (no fresh pages to fault in).
+    pub fn barrier(&mut self, epoch: u64, spare: Option<OutBuf>) -> ShardPart {
         for &idx in &self.dirty {
             let entry = &mut self.entries[idx as usize];
             entry.dirty = false;
             render(&*self.stage, &self.cfg, entry, &mut self.outputs);
         }
         self.dirty.clear();
-        let fresh = OutBuf {
-            data: Vec::with_capacity(self.outputs.data.capacity()),
-            recs: Vec::with_capacity(self.outputs.recs.capacity()),
+        let fresh = match spare {
+            Some(mut b) => {
+                b.data.clear();
+                b.recs.clear();
+                b
+            }
+            None => OutBuf {
+                data: Vec::with_capacity(self.outputs.data.capacity()),
+                recs: Vec::with_capacity(self.outputs.recs.capacity()),
+            },
         };
         let outputs = std::mem::replace(&mut self.outputs, fresh);
         let dead = std::mem::take(&mut self.dead);
@@ -431,6 +452,21 @@ impl<S: Stage> ShardCore<S> {
             .next()
             .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
     }
+}
+
+/// Removes and returns the first held record of entry `idx` that matches.
+fn take_held(
+    held: &mut hashbrown::HashMap<u32, Vec<Held>>,
+    idx: u32,
+    pred: impl Fn(&Held) -> bool,
+) -> Option<Held> {
+    let list = held.get_mut(&idx)?;
+    let pos = list.iter().position(pred)?;
+    let h = list.swap_remove(pos);
+    if list.is_empty() {
+        held.remove(&idx);
+    }
+    Some(h)
 }
 
 fn render<S: Stage>(stage: &S, cfg: &ShardSettings, entry: &KeyEntry<S::State>, out: &mut OutBuf) {

@@ -123,6 +123,9 @@ pub struct Stats {
     pub latency_us: Mutex<Histogram<u64>>,
     /// Same, since the status line last read it.
     pub recent_latency_us: Mutex<Histogram<u64>>,
+    /// Barrier → durable commit time of each epoch (µs): shards' hand-off, render and the
+    /// transaction with its fsyncs.
+    pub commit_time_us: Mutex<Histogram<u64>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -146,6 +149,7 @@ impl Default for Stats {
             epoch: AtomicU64::new(0),
             latency_us: Mutex::new(histogram()),
             recent_latency_us: Mutex::new(histogram()),
+            commit_time_us: Mutex::new(histogram()),
         }
     }
 }
@@ -191,11 +195,25 @@ impl Stats {
         }
     }
 
+    /// Records one epoch's barrier → commit time.
+    pub fn record_commit_time(&self, d: std::time::Duration) {
+        let us = (d.as_micros() as u64).max(1);
+        let _ = self
+            .commit_time_us
+            .lock()
+            .expect("commit time lock")
+            .record(us);
+        metrics::histogram!("onceflow_commit_seconds").record(d.as_secs_f64());
+    }
+
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         let dead: [u64; 8] = std::array::from_fn(|i| self.dead[i].load(Relaxed));
         let lat = self.latency_us.lock().expect("latency lock");
+        let ct = self.commit_time_us.lock().expect("commit time lock");
         StatsSnapshot {
+            commit_time_p99_us: (!ct.is_empty()).then(|| ct.value_at_quantile(0.99)),
+            commit_time_max_us: (!ct.is_empty()).then(|| ct.max()),
             read: self.read.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             processed: self.processed.load(Relaxed),
@@ -248,6 +266,10 @@ pub struct StatsSnapshot {
     pub latency_p99_us: Option<u64>,
     /// Largest append→commit latency.
     pub latency_max_us: Option<u64>,
+    /// 99th percentile of barrier → commit time.
+    pub commit_time_p99_us: Option<u64>,
+    /// Largest barrier → commit time.
+    pub commit_time_max_us: Option<u64>,
 }
 
 impl StatsSnapshot {

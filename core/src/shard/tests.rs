@@ -59,7 +59,7 @@ impl Harness {
     }
 
     fn epoch(&mut self) -> (Vec<String>, Vec<serde_json::Value>) {
-        let part = self.shard.barrier(1);
+        let part = self.shard.barrier(1, None);
         let outs = part
             .outputs
             .iter()

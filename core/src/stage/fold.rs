@@ -21,7 +21,8 @@ pub enum Scalar {
     /// Float.
     Float(f64),
     /// String.
-    Str(Box<str>),
+    /// String (boxed twice so that a scalar stays 16 bytes: strings are the rare case).
+    Str(Box<String>),
 }
 
 impl Scalar {
@@ -64,7 +65,7 @@ impl Ord for Scalar {
             (Scalar::Float(a), Scalar::Float(b)) => a.total_cmp(b),
             (Scalar::Int(a), Scalar::Float(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
             (Scalar::Float(a), Scalar::Int(b)) => a.total_cmp(&(*b as f64)).then(Ordering::Greater),
-            (Scalar::Str(a), Scalar::Str(b)) => a.cmp(b),
+            (Scalar::Str(a), Scalar::Str(b)) => a.as_str().cmp(b.as_str()),
             _ => self.rank().cmp(&other.rank()),
         }
     }
@@ -90,7 +91,7 @@ pub enum Acc {
     /// Min/max/last (None until a value arrives).
     One(Option<Scalar>),
     /// Set of values.
-    Set(BTreeSet<Scalar>),
+    Set(Box<BTreeSet<Scalar>>),
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +203,7 @@ fn scalar(ev: &EventView<'_>, v: Value) -> Option<Scalar> {
         Value::Bool(b) => Scalar::Bool(b),
         Value::Int(i) => Scalar::Int(i),
         Value::Float(f) => Scalar::Float(f),
-        Value::Str(..) => Scalar::Str(ev.str(v).unwrap_or_default().into()),
+        Value::Str(..) => Scalar::Str(Box::new(ev.str(v).unwrap_or_default().to_string())),
     })
 }
 
@@ -228,7 +229,7 @@ impl Stage for Fold {
                 Op::Count => Acc::Count(0),
                 Op::Sum(_) => Acc::SumI(0),
                 Op::Min(_) | Op::Max(_) | Op::Last(_) => Acc::One(None),
-                Op::Set(_) => Acc::Set(BTreeSet::new()),
+                Op::Set(_) => Acc::Set(Box::default()),
             })
             .collect()
     }
@@ -368,6 +369,16 @@ mod tests {
         let mut out = Vec::new();
         fold.render(&st, &mut out);
         (String::from_utf8(out).unwrap(), errs)
+    }
+
+    #[test]
+    fn accumulators_stay_small() {
+        // Per-key state is the memory (and cache) cost of a view: keep it at 16 bytes a field.
+        assert!(
+            std::mem::size_of::<Acc>() <= 16,
+            "{}",
+            std::mem::size_of::<Acc>()
+        );
     }
 
     #[test]
