@@ -242,7 +242,9 @@ mod differential {
                 "str:{}",
                 String::from_utf8_lossy(&arena[s as usize..(s + l) as usize])
             ),
-            Value::Float(f) => format!("float:{:.12e}", f),
+            // Compared apart (see `same`): serde_json's default float parser may differ
+            // from the correctly rounded one in the last bits.
+            Value::Float(_) => "float".to_string(),
             other => format!("{other:?}"),
         }
     }
