@@ -196,3 +196,26 @@ fn sigterm_commits_the_current_epoch_and_exits_zero() {
     let view = compact(&dir.path().join("state"), "balances");
     assert_eq!(view.as_object().unwrap().len(), 50);
 }
+
+#[test]
+fn a_renamed_source_is_refused_instead_of_emitting_everything_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example("bank", dir.path());
+    let pipeline = dir.path().join("pipeline.toml");
+    run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(&pipeline));
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("name = \"ledger\"", "name = \"ledger2\"");
+    std::fs::write(&pipeline, text).unwrap();
+    let out = bin()
+        .args(["run", "--until-end", "--quiet"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("source 'ledger' that the pipeline no longer has"),
+        "{err}"
+    );
+}

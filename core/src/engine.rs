@@ -167,6 +167,31 @@ pub fn run_with_stage<S: Stage>(
             ..LogOptions::default()
         },
     )?;
+    // A source whose name the state log knows but the pipeline no longer has: its output
+    // was committed under that name, and a renamed source would start again from offset 0
+    // and emit everything a second time.
+    if let Some(m) = writer.last_marker() {
+        let mut gone: Vec<&str> = m
+            .inputs
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .filter(|n| !p.sources.iter().any(|s| s.name == *n))
+            .collect();
+        gone.dedup();
+        if !gone.is_empty() {
+            return Err(EngineError::Incompatible(format!(
+                "the state log at {} holds committed offsets of source{} {} that the pipeline no longer has; \
+                 a renamed source would be read again from offset 0 and its outputs emitted twice. \
+                 Put the old name back, or move the state directory away to rebuild from the inputs",
+                p.state_dir.display(),
+                if gone.len() == 1 { "" } else { "s" },
+                gone.iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
     let view_topic = match writer.topic(&p.view.topic) {
         Some((_, n)) if n != p.view.partitions => {
             return Err(EngineError::Incompatible(format!(
