@@ -133,10 +133,16 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
             }
             let new = s.new_records;
             let busy = (s.elapsed - s.recovery).as_secs_f64().max(1e-9);
+            // With --until-end this is the processing rate; a tailing run also counts its idle time.
             let mut line = format!(
-                "  speed     {} new records at {} records/s",
+                "  speed     {} new records at {} records/s{}",
                 thousands(new),
-                rate(new as f64 / busy)
+                rate(new as f64 / busy),
+                if until_end {
+                    ""
+                } else {
+                    " (averaged over the run, idle time included)"
+                }
             );
             if let (Some(p50), Some(p99), Some(max)) =
                 (st.latency_p50_us, st.latency_p99_us, st.latency_max_us)

@@ -28,9 +28,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{} (line {l}): {}", self.path, self.message),
-            None => write!(f, "{}: {}", self.path, self.message),
+        match (self.path.is_empty(), self.line) {
+            (true, _) => f.write_str(&self.message),
+            (false, Some(l)) => write!(f, "{} (line {l}): {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
         }
     }
 }
