@@ -311,22 +311,14 @@ impl<'a> Scanner<'a> {
     /// A key: a range of the input when it has no escapes, else an unescaped copy.
     fn key(&mut self, arena: &mut Vec<u8>) -> R<KeyRef> {
         let start = self.i + 1;
-        let mut j = start;
-        while let Some(&c) = self.b.get(j) {
-            match c {
-                b'"' => {
-                    self.i = j + 1;
-                    return Ok(KeyRef::Input(start, j));
-                }
-                b'\\' => break,
-                0..=0x1f => {
-                    self.i = j;
-                    return self.err("control character in string");
-                }
-                _ => j += 1,
-            }
+        self.i = start;
+        self.plain_run()?;
+        if self.b[self.i] == b'"' {
+            self.i += 1;
+            return Ok(KeyRef::Input(start, self.i - 1));
         }
         // Escaped key: decode into a scratch area at the end of the arena, then drop it.
+        self.i = start - 1;
         let at = arena.len();
         self.string_into(arena)?;
         let owned = arena[at..].to_vec();
@@ -334,44 +326,47 @@ impl<'a> Scanner<'a> {
         Ok(KeyRef::Owned(owned))
     }
 
+    /// Advances over plain string bytes to the next `"` or `\`.
+    #[inline]
+    fn plain_run(&mut self) -> R<()> {
+        let rest = &self.b[self.i..];
+        let end = memchr::memchr2(b'"', b'\\', rest);
+        let plain = &rest[..end.unwrap_or(rest.len())];
+        if let Some(k) = plain.iter().position(|&c| c < 0x20) {
+            self.i += k;
+            return self.err("control character in string");
+        }
+        self.i += plain.len();
+        if end.is_none() {
+            return self.err("unterminated string");
+        }
+        Ok(())
+    }
+
     fn skip_string(&mut self) -> R<()> {
         self.i += 1;
         loop {
-            match self.peek() {
-                None => return self.err("unterminated string"),
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                Some(b'\\') => {
-                    self.escape(None)?;
-                }
-                Some(0..=0x1f) => return self.err("control character in string"),
-                Some(_) => self.i += 1,
+            self.plain_run()?;
+            if self.b[self.i] == b'"' {
+                self.i += 1;
+                return Ok(());
             }
+            self.escape(None)?;
         }
     }
 
     /// At `"`: appends the unescaped string to `arena`.
     fn string_into(&mut self, arena: &mut Vec<u8>) -> R<()> {
         self.i += 1;
-        let mut run = self.i;
         loop {
-            match self.peek() {
-                None => return self.err("unterminated string"),
-                Some(b'"') => {
-                    arena.extend_from_slice(&self.b[run..self.i]);
-                    self.i += 1;
-                    return Ok(());
-                }
-                Some(b'\\') => {
-                    arena.extend_from_slice(&self.b[run..self.i]);
-                    self.escape(Some(arena))?;
-                    run = self.i;
-                }
-                Some(0..=0x1f) => return self.err("control character in string"),
-                Some(_) => self.i += 1,
+            let run = self.i;
+            self.plain_run()?;
+            arena.extend_from_slice(&self.b[run..self.i]);
+            if self.b[self.i] == b'"' {
+                self.i += 1;
+                return Ok(());
             }
+            self.escape(Some(arena))?;
         }
     }
 
