@@ -28,7 +28,12 @@ fn store(tmp: &Path, parts: u32, commits: u32, per_txn: u32, segment_bytes: u64)
     for c in 0..commits {
         let mut txn = w.begin();
         for r in 0..per_txn {
-            txn.append(t, 0, format!("k{r}").as_bytes(), format!("{{\"v\":{c}}}").as_bytes());
+            txn.append(
+                t,
+                0,
+                format!("k{r}").as_bytes(),
+                format!("{{\"v\":{c}}}").as_bytes(),
+            );
         }
         txn.commit(&CommitMarker {
             epoch: c as u64 + 1,
@@ -87,7 +92,9 @@ fn main() {
     // A torn journal tail and uncommitted segment bytes: recovery truncates both.
     let mut torn = three.clone();
     torn.journal.extend_from_slice(&[20, 0, 0, 0, 1, 2, 3]);
-    torn.segments[0].1.extend_from_slice(b"OFLB\x01\x00\x00\x00");
+    torn.segments[0]
+        .1
+        .extend_from_slice(b"OFLB\x01\x00\x00\x00");
     seeds.push(("torn-tails", torn));
     // A damaged committed batch (fixed up again by F_FIX_CRC).
     let mut bad = one.clone();
@@ -101,7 +108,14 @@ fn main() {
     raw.flags |= F_RAW_META;
     raw.meta = b"onceflow-topic-meta 1\nid 0\npartitions 2\n".to_vec();
     raw.flags2 |= G_JOURNAL_TMP | G_META_TMP;
-    seeds.push(("raw-meta", raw));
+    seeds.push(("raw-meta", raw.clone()));
+    // The numeric meta path: topic id 0, 3 partitions.
+    let mut numbers = raw;
+    numbers.flags &= !F_RAW_META;
+    numbers.flags |= F_COMMIT;
+    numbers.flags2 = G_META_NUMBERS;
+    numbers.meta = [0u32.to_le_bytes(), 3u32.to_le_bytes()].concat();
+    seeds.push(("meta-numbers", numbers));
 
     let dir = out.join("log_open");
     fs::create_dir_all(&dir).unwrap();
@@ -110,9 +124,18 @@ fn main() {
     }
 
     let decode: &[(&str, &[u8])] = &[
-        ("flat", br#"{"id":"a-1","seq":3,"k":null,"other":[1,2,{"x":1}]}"#),
-        ("nested", br#"{"id":7,"data":{"x":-1.5e3,"y":{"seq":18446744073709551615}},"k":true}"#),
-        ("escapes", br#"{"id":"\u00e9\n\"q\"","data":{"x":"\ud83d\ude00"},"seq":-9223372036854775808}"#),
+        (
+            "flat",
+            br#"{"id":"a-1","seq":3,"k":null,"other":[1,2,{"x":1}]}"#,
+        ),
+        (
+            "nested",
+            br#"{"id":7,"data":{"x":-1.5e3,"y":{"seq":18446744073709551615}},"k":true}"#,
+        ),
+        (
+            "escapes",
+            br#"{"id":"\u00e9\n\"q\"","data":{"x":"\ud83d\ude00"},"seq":-9223372036854775808}"#,
+        ),
         ("data-scalar", br#"{"data":[1,{"x":2}],"seq":0.0}"#),
         ("not-object", b"[1,2,3]"),
         ("trailing", br#"{"id":1} {"id":2}"#),
@@ -123,5 +146,10 @@ fn main() {
         fs::write(dir.join(name), s).unwrap();
     }
     fs::remove_dir_all(&tmp).unwrap();
-    println!("wrote {} log_open and {} decode seeds under {}", seeds.len(), decode.len(), out.display());
+    println!(
+        "wrote {} log_open and {} decode seeds under {}",
+        seeds.len(),
+        decode.len(),
+        out.display()
+    );
 }

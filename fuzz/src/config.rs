@@ -22,7 +22,10 @@ pub fn run(data: &[u8]) {
             let _ = format!("{p:?}");
         }
         Err(errors) => {
-            assert!(!errors.is_empty(), "parse failed without reporting an error");
+            assert!(
+                !errors.is_empty(),
+                "parse failed without reporting an error"
+            );
             let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
             for e in &errors {
                 if let Some(l) = e.line {

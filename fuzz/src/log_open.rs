@@ -13,6 +13,9 @@
 //! 12..        J journal bytes | M meta bytes | segment bytes
 //! ```
 //!
+//! The meta file is the meta bytes (`F_RAW_META`), or generated from the numbers in
+//! them (`G_META_NUMBERS`), or generated from the flags.
+//!
 //! The files are written as `DIR/journal`, `DIR/topics/t/meta` and
 //! `DIR/topics/t/<p>/<base:020>.seg` (see `onceflow_core::log::format`). Then:
 //!
@@ -58,6 +61,9 @@ pub const G_JOURNAL_TMP: u8 = 0x08;
 pub const G_META_TMP: u8 = 0x10;
 /// Start the first reader pass in the middle of each partition.
 pub const G_MID: u8 = 0x20;
+/// Generated meta (without `F_RAW_META`): topic id and partition count are the u32s
+/// (little endian) in meta bytes 0..4 and 4..8, any values.
+pub const G_META_NUMBERS: u8 = 0x40;
 
 const HEADER: usize = 12;
 const TOPIC: &str = "t";
@@ -95,7 +101,11 @@ impl StoreInput {
         let (flags, flags2) = (h[0], h[1]);
         let journal = take(u16_at(2));
         let meta = take(u16_at(4));
-        let base1 = if flags2 & G_BASE != 0 { u16_at(10) as u64 } else { 0 };
+        let base1 = if flags2 & G_BASE != 0 {
+            u16_at(10) as u64
+        } else {
+            0
+        };
         let segments = if flags & F_TWO_SEGMENTS != 0 {
             let a = take(u16_at(6));
             let b = take(usize::MAX);
@@ -146,9 +156,20 @@ impl StoreInput {
     fn meta_file(&self) -> Vec<u8> {
         if self.flags & F_RAW_META != 0 {
             self.meta.clone()
+        } else if self.flags2 & G_META_NUMBERS != 0 {
+            let mut b = [0u8; 8];
+            let n = self.meta.len().min(8);
+            b[..n].copy_from_slice(&self.meta[..n]);
+            let id = u32::from_le_bytes(b[0..4].try_into().unwrap());
+            let parts = u32::from_le_bytes(b[4..8].try_into().unwrap());
+            format!("onceflow-topic-meta 1\nid {id}\npartitions {parts}\n").into_bytes()
         } else {
             let id = (self.flags & F_ID1 != 0) as u32;
-            format!("onceflow-topic-meta 1\nid {id}\npartitions {}\n", self.gen_parts()).into_bytes()
+            format!(
+                "onceflow-topic-meta 1\nid {id}\npartitions {}\n",
+                self.gen_parts()
+            )
+            .into_bytes()
         }
     }
 
@@ -162,7 +183,11 @@ impl StoreInput {
             return 0;
         }
         // With a raw meta the partition count is unknown here: use partition 1.
-        if self.flags & F_RAW_META != 0 { 1 } else { 1 % self.gen_parts() }
+        if self.flags & F_RAW_META != 0 || self.flags2 & G_META_NUMBERS != 0 {
+            1
+        } else {
+            1 % self.gen_parts()
+        }
     }
 }
 
@@ -205,7 +230,11 @@ impl Scratch {
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 let shm = Path::new("/dev/shm");
-                if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() }
+                if shm.is_dir() {
+                    shm.to_path_buf()
+                } else {
+                    std::env::temp_dir()
+                }
             });
         let dir = base.join(format!(
             "onceflow-fuzz-{}-{}",
@@ -256,6 +285,9 @@ fn write_store(inp: &StoreInput, root: &Path) -> PathBuf {
 /// Reads every partition of the topic to its committed end. Returns the number of
 /// records read, or `None` when opening failed. `mid`: start half-way.
 fn read_all(dir: &Path, mid: bool, max_records: u64) -> Option<u64> {
+    if skip_known_hang() && has_empty_segment(dir) {
+        return None;
+    }
     let reader = LogReader::open(dir, TOPIC).ok()?;
     let mut buf = RecordBuf::new();
     let mut total = 0u64;
@@ -292,6 +324,29 @@ fn read_all(dir: &Path, mid: bool, max_records: u64) -> Option<u64> {
         }
     }
     Some(total)
+}
+
+/// `ONCEFLOW_FUZZ_SKIP_KNOWN_HANG=1`: do not read stores holding an empty segment file
+/// (a cursor whose position is the base of an empty segment reopens that segment
+/// forever). Only for fuzzing past that bug while it is open; off by default.
+fn skip_known_hang() -> bool {
+    static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SKIP
+        .get_or_init(|| std::env::var_os("ONCEFLOW_FUZZ_SKIP_KNOWN_HANG").is_some_and(|v| v == "1"))
+}
+
+fn has_empty_segment(dir: &Path) -> bool {
+    let Ok(parts) = fs::read_dir(dir.join("topics").join(TOPIC)) else {
+        return false;
+    };
+    parts.flatten().any(|p| {
+        fs::read_dir(p.path()).is_ok_and(|segs| {
+            segs.flatten().any(|s| {
+                s.file_name().to_string_lossy().ends_with(".seg")
+                    && s.metadata().is_ok_and(|m| m.len() == 0)
+            })
+        })
+    })
 }
 
 fn options(inp: &StoreInput) -> LogOptions {
@@ -361,7 +416,11 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
             panic!("commit after a successful recovery failed: {e}");
         }
         for p in 0..parts {
-            assert_eq!(w.end_offset(tid, p), old[p as usize] + 1, "end of partition {p}");
+            assert_eq!(
+                w.end_offset(tid, p),
+                old[p as usize] + 1,
+                "end of partition {p}"
+            );
         }
         let reader = match LogReader::open(&dir, TOPIC) {
             Ok(r) => r,
@@ -370,15 +429,24 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
         let mut buf = RecordBuf::new();
         for p in 0..parts {
             let old_end = old[p as usize];
-            assert_eq!(reader.committed_end(p), old_end + 1, "reader's end of partition {p}");
+            assert_eq!(
+                reader.committed_end(p),
+                old_end + 1,
+                "reader's end of partition {p}"
+            );
             let mut cur = reader.cursor(p, old_end).unwrap();
             buf.clear();
             match cur.read(&reader, 10, &mut buf) {
                 Ok(1) => {}
-                other => panic!("reading the record just committed to partition {p} at {old_end}: {other:?}"),
+                other => panic!(
+                    "reading the record just committed to partition {p} at {old_end}: {other:?}"
+                ),
             }
             let r = buf.get(0);
-            assert_eq!((r.offset, r.key, r.value), (old_end, format!("k{p}").as_bytes(), &b"fuzz-value"[..]));
+            assert_eq!(
+                (r.offset, r.key, r.value),
+                (old_end, format!("k{p}").as_bytes(), &b"fuzz-value"[..])
+            );
         }
         outcome.committed = true;
     }

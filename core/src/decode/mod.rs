@@ -65,6 +65,21 @@ struct Level {
     entries: Vec<(String, Option<usize>, Option<Box<Level>>)>,
 }
 
+impl Level {
+    /// Forgets every value found below this level: when an object key repeats, the last
+    /// occurrence wins, for nested paths as for plain fields.
+    fn clear(&self, out: &mut [Value]) {
+        for (_, slot, child) in &self.entries {
+            if let Some(s) = slot {
+                out[*s] = Value::Missing;
+            }
+            if let Some(c) = child {
+                c.clear(out);
+            }
+        }
+    }
+}
+
 /// Extracts a fixed list of field paths from JSON objects.
 ///
 /// ```
@@ -291,6 +306,7 @@ mod differential {
             r#"  {"a" : [1, {"b":2}], "b":{}, "k":null, "\u00e9": true}  "#,
             r#"{"a":1,"a":2}"#,
             r#"{"data":{"x":1},"data":{"y":{"z":2}}}"#,
+            r#"{"data":{"x":1},"data":[]}"#,
             r#"{"a":9223372036854775807,"b":-9223372036854775808,"k":9223372036854775808}"#,
             r#"{"a":1e400}"#,
             r#"{"a":-1.0E-2,"b":0.1}"#,
@@ -392,5 +408,30 @@ mod differential {
             }
             agree(&bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod duplicate_keys {
+    use super::*;
+
+    #[test]
+    fn the_last_occurrence_wins_for_nested_paths_too() {
+        let ex = Extractor::new(&[
+            FieldPath::parse("data.x").unwrap(),
+            FieldPath::parse("data.y").unwrap(),
+            FieldPath::parse("k").unwrap(),
+        ]);
+        let mut out = vec![Value::Missing; 3];
+        ex.extract(
+            br#"{"k":1,"data":{"x":1},"data":{"y":2},"k":3}"#,
+            &mut Vec::new(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, [Value::Missing, Value::Int(2), Value::Int(3)]);
+        ex.extract(br#"{"data":{"x":1},"data":[]}"#, &mut Vec::new(), &mut out)
+            .unwrap();
+        assert_eq!(out, [Value::Missing, Value::Missing, Value::Missing]);
     }
 }

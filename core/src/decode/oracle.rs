@@ -63,6 +63,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
             match level.entries.iter().find(|e| e.0 == name) {
                 Some((_, slot, child)) => {
                     if let Some(child) = child {
+                        child.clear(out);
                         // Both a leaf and a prefix is rare; the object form wins for the child.
                         let is_obj = map.next_value_seed(ObjectSeed {
                             level: child,

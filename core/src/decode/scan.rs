@@ -120,6 +120,7 @@ impl<'a> Scanner<'a> {
             self.ws();
             match wanted {
                 Some((_, slot, Some(child))) => {
+                    child.clear(out);
                     if self.peek() == Some(b'{') {
                         self.object(Some(child), arena, out)?;
                     } else {

@@ -471,14 +471,24 @@ pub(crate) fn parse_meta(text: &str) -> Result<(TopicId, u32), String> {
     };
     let id = field("id")?;
     let partitions = field("partitions")?;
-    if partitions == 0 {
-        return Err("topic meta has zero partitions".into());
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(format!(
+            "topic meta has {partitions} partitions; 1..={MAX_PARTITIONS} are allowed"
+        ));
+    }
+    if id >= MAX_TOPICS {
+        return Err(format!(
+            "topic meta has id {id}; ids are below {MAX_TOPICS}"
+        ));
     }
     Ok((id, partitions))
 }
 
 /// Largest accepted partition count.
 pub const MAX_PARTITIONS: u32 = 1 << 16;
+
+/// Topic ids are dense from 0 and below this.
+pub const MAX_TOPICS: u32 = 1 << 16;
 
 /// Checks a topic name.
 pub(crate) fn validate_topic_name(name: &str) -> Result<(), String> {

@@ -288,6 +288,7 @@ impl LogReader {
 /// An open segment file of a cursor.
 #[derive(Debug)]
 struct OpenSeg {
+    base: u64,
     path: PathBuf,
     file: File,
 }
@@ -395,10 +396,14 @@ impl Cursor {
     /// Opens the segment that holds `self.pos` (the one with the largest base <= pos,
     /// or exactly `pos` when `exact`).
     fn open_segment(&mut self, exact: bool) -> Result<(), LogError> {
+        // `exact`: the open segment ended, so the next one must start at `pos`; it can
+        // never be the segment that just ended (an empty or short segment file would
+        // otherwise be reopened forever).
+        let current = self.seg.as_ref().map(|s| s.base);
         let pick = |bases: &[u64], pos: u64| -> Option<u64> {
             let i = bases.partition_point(|&b| b <= pos);
             let b = *bases.get(i.checked_sub(1)?)?;
-            (!exact || b == pos).then_some(b)
+            (!exact || (b == pos && Some(b) != current)).then_some(b)
         };
         let mut base = pick(&self.bases, self.pos);
         if base.is_none() || base.is_some_and(|b| self.bases.last() == Some(&b)) {
@@ -426,7 +431,7 @@ impl Cursor {
         };
         let path = self.part_dir.join(format::segment_file_name(base));
         let file = File::open(&path).map_err(|e| LogError::io(&path, "open segment", e))?;
-        self.seg = Some(OpenSeg { path, file });
+        self.seg = Some(OpenSeg { base, path, file });
         self.buf_off = 0;
         self.rd = 0;
         self.fill = 0;
@@ -519,6 +524,28 @@ impl Cursor {
                 continue;
             }
             debug_assert!(h.base_offset <= self.pos);
+            // Never allocate what a (possibly corrupt) header claims before checking that
+            // the file holds that many bytes.
+            let seg = self.seg.as_ref().expect("open segment");
+            let at = self.buf_off + self.rd as u64;
+            let buffered = self.fill - self.rd;
+            let file_len = if buffered >= total {
+                u64::MAX
+            } else {
+                seg.file
+                    .metadata()
+                    .map_err(|e| LogError::io(&seg.path, "stat segment", e))?
+                    .len()
+            };
+            if at + total as u64 > file_len {
+                return Err(self.corrupt_at(
+                    self.rd,
+                    &format!(
+                        "committed batch truncated: needs {total} bytes, segment has {}",
+                        file_len.saturating_sub(at)
+                    ),
+                ));
+            }
             let avail = self.ensure(total, end)?;
             if avail < total {
                 return Err(self.corrupt_at(

@@ -583,6 +583,12 @@ impl LogWriter {
             return Ok(id);
         }
         self.check_poisoned()?;
+        if self.topics.len() as u32 >= format::MAX_TOPICS {
+            return Err(LogError::InvalidTopic {
+                name: name.to_string(),
+                reason: format!("a store holds at most {} topics", format::MAX_TOPICS),
+            });
+        }
         let id = self.topics.len() as TopicId;
         let tdir = self.dir.join(TOPICS_DIR);
         let topic_dir = tdir.join(name);
