@@ -219,8 +219,15 @@ fn numeric(v: Value, field: &str) -> Result<Option<Scalar>, String> {
     }
 }
 
+/// Accumulators of one key, inline in the shard's key entry up to this many reducers
+/// (one cache miss per record instead of two; measured in `docs/benchmarks.md`).
+pub const INLINE_REDUCERS: usize = 8;
+
+/// Accumulators of one key.
+pub type FoldState = smallvec::SmallVec<[Acc; INLINE_REDUCERS]>;
+
 impl Stage for Fold {
-    type State = Box<[Acc]>;
+    type State = FoldState;
 
     fn new_state(&self) -> Self::State {
         self.reducers
