@@ -125,6 +125,7 @@ mod tests {
             epoch,
             outputs: OutBuf::default(),
             dead: OutBuf::default(),
+            emitted: Vec::new(),
         }
     }
 

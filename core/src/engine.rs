@@ -192,18 +192,18 @@ pub fn run_with_stage<S: Stage>(
             )));
         }
     }
-    let view_topic = match writer.topic(&p.view.topic) {
-        Some((_, n)) if n != p.view.partitions => {
-            return Err(EngineError::Incompatible(format!(
-                "view.partitions is {} but the state log at {} holds topic '{}' with {n} partitions; \
-                 put back `partitions = {n}`, or move the state directory away to rebuild from the inputs",
-                p.view.partitions,
-                p.state_dir.display(),
-                p.view.topic
-            )));
-        }
-        _ => writer.ensure_topic(&p.view.topic, p.view.partitions)?,
-    };
+    let view_topic = output_topic(
+        &mut writer,
+        p,
+        &p.view.topic,
+        p.view.partitions,
+        "view.partitions",
+    )?;
+    let stage_topics = stage
+        .outputs()
+        .iter()
+        .map(|o| output_topic(&mut writer, p, &o.topic, o.partitions, "the partitions"))
+        .collect::<Result<Vec<_>, _>>()?;
     let dead_topic = writer.ensure_topic(&p.dead_letter_topic, 1)?;
     let mut epoch = writer.last_marker().map(|m| m.epoch + 1).unwrap_or(1);
 
@@ -301,7 +301,17 @@ pub fn run_with_stage<S: Stage>(
                 .name("onceflow-committer".into())
                 .spawn_scoped(scope, move || {
                     committer_loop(
-                        writer, view_topic, dead_topic, n, commit_rx, &names, &spare_txs, &stats,
+                        writer,
+                        Topics {
+                            view: view_topic,
+                            dead: dead_topic,
+                            stage: stage_topics,
+                        },
+                        n,
+                        commit_rx,
+                        &names,
+                        &spare_txs,
+                        &stats,
                         on_commit,
                     )
                 })
@@ -347,6 +357,25 @@ pub fn run_with_stage<S: Stage>(
             keys,
         })
     })
+}
+
+/// Opens (or creates) an output topic of the state log, refusing a partition count that
+/// differs from the one the topic was created with (records of one key would move).
+fn output_topic(
+    writer: &mut LogWriter,
+    p: &Pipeline,
+    topic: &str,
+    partitions: u32,
+    setting: &str,
+) -> Result<TopicId, EngineError> {
+    match writer.topic(topic) {
+        Some((_, n)) if n != partitions => Err(EngineError::Incompatible(format!(
+            "{setting} of topic '{topic}' is {partitions} but the state log at {} holds it with {n} partitions; \
+             put back {n} partitions, or move the state directory away to rebuild from the inputs",
+            p.state_dir.display(),
+        ))),
+        _ => Ok(writer.ensure_topic(topic, partitions)?),
+    }
 }
 
 /// The router: reads inputs in order, replays up to the committed offsets with outputs
@@ -585,12 +614,19 @@ fn shard_loop<S: Stage>(
     core.keys()
 }
 
+/// The state-log topics an epoch's records go to.
+struct Topics {
+    view: TopicId,
+    dead: TopicId,
+    /// One per [`Stage::outputs`] entry.
+    stage: Vec<TopicId>,
+}
+
 /// The committer: one atomic transaction per complete epoch.
 #[allow(clippy::too_many_arguments)]
 fn committer_loop(
     mut writer: LogWriter,
-    view_topic: TopicId,
-    dead_topic: TopicId,
+    topics: Topics,
     shards: usize,
     rx: Receiver<CommitMsg>,
     names: &InputNames,
@@ -620,8 +656,7 @@ fn committer_loop(
         while let Some(ep) = asm.pop_ready() {
             commit_epoch(
                 &mut writer,
-                view_topic,
-                dead_topic,
+                &topics,
                 &ep,
                 names,
                 &mut last,
@@ -639,8 +674,7 @@ fn committer_loop(
 #[allow(clippy::too_many_arguments)]
 fn commit_epoch(
     writer: &mut LogWriter,
-    view_topic: TopicId,
-    dead_topic: TopicId,
+    topics: &Topics,
     ep: &Epoch,
     names: &InputNames,
     last: &mut [u64],
@@ -659,13 +693,19 @@ fn commit_epoch(
     let mut dead = 0u64;
     for part in &ep.shards {
         for (partition, key, value) in part.outputs.iter() {
-            tx.append(view_topic, partition, key, value);
+            tx.append(topics.view, partition, key, value);
             outputs += 1;
+        }
+        for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
+            for (partition, key, value) in buf.iter() {
+                tx.append(topic, partition, key, value);
+                outputs += 1;
+            }
         }
     }
     for buf in std::iter::once(&ep.router.dead).chain(ep.shards.iter().map(|s| &s.dead)) {
         for (partition, key, value) in buf.iter() {
-            tx.append(dead_topic, partition, key, value);
+            tx.append(topics.dead, partition, key, value);
             dead += 1;
         }
     }

@@ -12,7 +12,7 @@ use crate::batch::{EventBatch, OutBuf, write_json_str, write_uint};
 use crate::config::{EmitMode, Pipeline};
 use crate::decode::Value;
 use crate::hash::{PARTITION_SALT, bucket};
-use crate::stage::{EventView, Stage};
+use crate::stage::{Applied, Emit, EventView, Stage};
 use crate::stats::{DeadReason, Outcomes};
 
 /// Names of the dense input indexes: `inputs[i] = (source name, partition)`.
@@ -80,6 +80,8 @@ pub struct ShardPart {
     pub outputs: OutBuf,
     /// Dead letters.
     pub dead: OutBuf,
+    /// Records the stage wrote to its own outputs ([`Stage::outputs`]), one buffer each.
+    pub emitted: Vec<OutBuf>,
 }
 
 /// Settings a shard needs from the pipeline.
@@ -136,13 +138,23 @@ pub struct ShardCore<S: Stage> {
     dirty: Vec<u32>,
     outputs: OutBuf,
     dead: OutBuf,
+    /// The stage's own outputs for this epoch, one per [`Stage::outputs`] entry.
+    emitted: Vec<OutBuf>,
+    /// Partitions of each of the stage's outputs.
+    emitted_partitions: Vec<u32>,
 }
 
 impl<S: Stage> ShardCore<S> {
     /// A shard with no keys.
     pub fn new(stage: Arc<S>, cfg: ShardSettings, inputs: InputNames) -> Self {
         let n = inputs.len();
+        let emitted_partitions: Vec<u32> = stage.outputs().iter().map(|o| o.partitions).collect();
         ShardCore {
+            emitted: emitted_partitions
+                .iter()
+                .map(|_| OutBuf::default())
+                .collect(),
+            emitted_partitions,
             stage,
             cfg,
             inputs,
@@ -329,15 +341,26 @@ impl<S: Stage> ShardCore<S> {
             // bad record does not stall its key forever.
             entry.next_seq = seq + 1;
         }
-        match self.stage.apply(&mut entry.state, view) {
-            Ok(()) => {
+        let (source, partition) = &self.inputs[input as usize];
+        let mut out = Emit {
+            key: entry.key.as_bytes(),
+            key_hash: entry.hash,
+            source,
+            partition: *partition,
+            offset,
+            outs: &mut self.emitted,
+            partitions: &self.emitted_partitions,
+            enabled: emit,
+        };
+        match self.stage.apply(&mut entry.state, view, &mut out) {
+            Ok(applied) => {
                 o.processed += 1;
                 entry.version = if self.cfg.sequenced {
                     seq
                 } else {
                     entry.version + 1
                 };
-                if !emit {
+                if !emit || applied == Applied::Unchanged {
                     return;
                 }
                 match self.cfg.emit {
@@ -439,10 +462,25 @@ impl<S: Stage> ShardCore<S> {
         };
         let outputs = std::mem::replace(&mut self.outputs, fresh);
         let dead = std::mem::take(&mut self.dead);
+        let emitted = self
+            .emitted
+            .iter_mut()
+            .map(|b| {
+                let cap = (b.data.capacity(), b.recs.capacity());
+                std::mem::replace(
+                    b,
+                    OutBuf {
+                        data: Vec::with_capacity(cap.0),
+                        recs: Vec::with_capacity(cap.1),
+                    },
+                )
+            })
+            .collect();
         ShardPart {
             epoch,
             outputs,
             dead,
+            emitted,
         }
     }
 
@@ -497,7 +535,7 @@ fn render<S: Stage>(stage: &S, cfg: &ShardSettings, entry: &KeyEntry<S::State>, 
         buf.extend_from_slice(b"{\"key\":");
         write_json_str(buf, entry.key.as_bytes());
         buf.extend_from_slice(b",\"version\":");
-        write_uint(buf, entry.version);
+        write_uint(buf, stage.version(&entry.state).unwrap_or(entry.version));
         let mark = buf.len();
         buf.push(b',');
         stage.render(&entry.state, buf);

@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use super::{EventView, Stage};
+use super::{Applied, Emit, EventView, Stage};
 use crate::batch::{write_int, write_json_str, write_uint};
 use crate::config::{FieldPath, Reducer, ReducerOp};
 use crate::decode::Value;
@@ -241,7 +241,12 @@ impl Stage for Fold {
             .collect()
     }
 
-    fn apply(&self, state: &mut Self::State, ev: EventView<'_>) -> Result<(), String> {
+    fn apply(
+        &self,
+        state: &mut Self::State,
+        ev: EventView<'_>,
+        _emit: &mut Emit<'_>,
+    ) -> Result<Applied, String> {
         // hot path
         // Check first (everything that can fail), then apply: all or nothing. Filters
         // are evaluated once; `active` remembers which reducers take this record.
@@ -310,7 +315,7 @@ impl Stage for Fold {
                 (op, acc) => unreachable!("accumulator {acc:?} does not belong to {op:?}"),
             }
         }
-        Ok(())
+        Ok(Applied::Changed)
     }
 
     fn render(&self, state: &Self::State, out: &mut Vec<u8>) {
@@ -369,6 +374,7 @@ mod tests {
                     values: &vals,
                     arena: &arena,
                 },
+                &mut Emit::new(b"k", "s", 0, 0, &mut [], &[]),
             ) {
                 errs.push(e);
             }

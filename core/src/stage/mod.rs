@@ -6,9 +6,11 @@
 
 pub mod fold;
 
+use crate::batch::OutBuf;
 use crate::decode::Value;
+use crate::hash::{PARTITION_SALT, bucket};
 
-pub use fold::Fold;
+pub use fold::{Fold, FoldState};
 
 /// The fields of one record, as a stage sees them.
 #[derive(Clone, Copy)]
@@ -30,17 +32,119 @@ impl<'a> EventView<'a> {
     }
 }
 
+/// An output topic a stage writes to, besides the view (e.g. an aggregate's events and
+/// rejections). Created in the state log on start; written in the epoch's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Topic name in the state log.
+    pub topic: String,
+    /// Partitions; records go to `bucket(stable_hash(key))`, so one key stays in order.
+    pub partitions: u32,
+}
+
+/// Where a stage writes the records of one `apply` (what the engine knows of the record
+/// being applied, and the stage's output buffers for this epoch).
+pub struct Emit<'a> {
+    /// The record's key.
+    pub key: &'a [u8],
+    /// `stable_hash(key)`.
+    pub key_hash: u64,
+    /// Name of the source the record came from.
+    pub source: &'a str,
+    /// Its partition and offset there: together a stable identity of the record.
+    pub partition: u32,
+    /// Offset in that partition.
+    pub offset: u64,
+    /// One buffer per [`Stage::outputs`] entry, in that order.
+    pub(crate) outs: &'a mut [OutBuf],
+    /// Partitions per output, in the same order.
+    pub(crate) partitions: &'a [u32],
+    /// False while replaying: records are counted but not written.
+    pub(crate) enabled: bool,
+}
+
+impl<'a> Emit<'a> {
+    /// Output for one record outside the engine (tests, embedding): `outs` and
+    /// `partitions` have one entry per [`Stage::outputs`] entry.
+    pub fn new(
+        key: &'a [u8],
+        source: &'a str,
+        partition: u32,
+        offset: u64,
+        outs: &'a mut [OutBuf],
+        partitions: &'a [u32],
+    ) -> Self {
+        assert_eq!(
+            outs.len(),
+            partitions.len(),
+            "one partition count per output"
+        );
+        Emit {
+            key,
+            key_hash: crate::hash::stable_hash(key),
+            source,
+            partition,
+            offset,
+            outs,
+            partitions,
+            enabled: true,
+        }
+    }
+
+    /// Appends a record to output `out` (an index into [`Stage::outputs`]) under the
+    /// record's key; `write` writes the value. Does nothing while replaying.
+    #[inline]
+    pub fn record(&mut self, out: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        if !self.enabled {
+            return;
+        }
+        let partition = bucket(self.key_hash, PARTITION_SALT, self.partitions[out]);
+        self.outs[out].push_with(partition, self.key, write);
+    }
+
+    /// Whether records are being written (false while replaying after a restart).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+/// What `apply` did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The state changed: the key's read model is emitted.
+    Changed,
+    /// Accepted without a state change (e.g. a command rejected by a guard, with its
+    /// rejection written to an output): processed, nothing to upsert.
+    Unchanged,
+}
+
 /// A per-key logic stage.
 ///
-/// `apply` must be all-or-nothing: on `Err` the state is unchanged and the record is
-/// dead-lettered with the returned reason.
+/// `apply` must be all-or-nothing: on `Err` the state is unchanged, nothing was written
+/// through [`Emit`], and the record is dead-lettered with the returned reason. It must be
+/// deterministic (no clock, no randomness, no hash-map iteration order): after a crash
+/// the engine replays the same records with outputs off and expects the same state.
 pub trait Stage: Send + Sync + 'static {
     /// State kept per key.
     type State: Send;
     /// State of a key never seen before.
     fn new_state(&self) -> Self::State;
     /// Folds one record into the key's state.
-    fn apply(&self, state: &mut Self::State, ev: EventView<'_>) -> Result<(), String>;
+    fn apply(
+        &self,
+        state: &mut Self::State,
+        ev: EventView<'_>,
+        emit: &mut Emit<'_>,
+    ) -> Result<Applied, String>;
     /// Writes the key's read model as JSON object members (`"a":1,"b":2`, no braces).
     fn render(&self, state: &Self::State, out: &mut Vec<u8>);
+    /// Output topics besides the view. None by default.
+    fn outputs(&self) -> Vec<OutputSpec> {
+        Vec::new()
+    }
+    /// The version the read model carries; `None` (the default) lets the engine use the
+    /// last applied sequence number (or the count of applied records without sequences).
+    fn version(&self, _state: &Self::State) -> Option<u64> {
+        None
+    }
 }
