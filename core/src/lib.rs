@@ -11,6 +11,7 @@ pub mod commit;
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod expr;
 pub mod hash;
 pub mod log;
 pub mod router;
