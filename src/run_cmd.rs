@@ -16,17 +16,31 @@ use crate::{micros, rate, thousands};
 pub fn validate(path: &Path) -> ExitCode {
     match Pipeline::load(path) {
         Ok(p) => {
+            let logic = match &p.aggregate {
+                None => format!(
+                    "view '{}' with {} field{}",
+                    p.view.topic,
+                    p.view.fields.len(),
+                    plural(p.view.fields.len())
+                ),
+                Some(a) => format!(
+                    "aggregate '{}' with {} command{} and {} event type{}, read model '{}'",
+                    a.name,
+                    a.commands.len(),
+                    plural(a.commands.len()),
+                    a.events.len(),
+                    plural(a.events.len()),
+                    p.view.topic
+                ),
+            };
             println!(
-                "ok: pipeline '{}': {} source{}, {} shard{}, commit every {:?}, view '{}' with {} field{}, state in {}",
+                "ok: pipeline '{}': {} source{}, {} shard{}, commit every {:?}, {logic}, state in {}",
                 p.name,
                 p.sources.len(),
                 plural(p.sources.len()),
                 p.shards,
                 plural(p.shards),
                 p.commit_interval,
-                p.view.topic,
-                p.view.fields.len(),
-                plural(p.view.fields.len()),
                 p.state_dir.display()
             );
             ExitCode::SUCCESS
@@ -123,6 +137,12 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
                     "  (UNBALANCED: please report this)"
                 }
             );
+            if st.rejected > 0 {
+                println!(
+                    "  rejected  {} of the processed commands were rejected by a rule (see the rejections topic)",
+                    thousands(st.rejected)
+                );
+            }
             let reasons: Vec<String> = DeadReason::ALL
                 .iter()
                 .filter(|r| st.dead[**r as usize] > 0)
@@ -155,12 +175,18 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
                 ));
             }
             println!("{line}");
+            let topics = match &p.aggregate {
+                None => format!("'{}'", p.view.topic),
+                Some(a) => format!(
+                    "'{}', '{}' and '{}'",
+                    a.events_topic, a.rejections_topic, p.view.topic
+                ),
+            };
             println!(
-                "  committed {} epoch{} this run: {} upserts to '{}', {} dead letters to '{}'; {} keys in state",
+                "  committed {} epoch{} this run: {} records to {topics}, {} dead letters to '{}'; {} keys in state",
                 thousands(st.commits),
                 plural(st.commits as usize),
                 thousands(st.outputs),
-                p.view.topic,
                 thousands(st.dead_letters),
                 p.dead_letter_topic,
                 thousands(s.keys as u64)

@@ -21,7 +21,7 @@ use crate::log::{
 };
 use crate::router::Router;
 use crate::shard::{InputNames, ShardCore, ShardPart, ShardSettings};
-use crate::stage::{Fold, Stage};
+use crate::stage::{Aggregate, Fold, Stage};
 use crate::stats::{Outcomes, Stats, StatsSnapshot};
 
 /// Events per batch sent to a shard.
@@ -135,11 +135,16 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs a pipeline with the built-in fold stage.
+/// Runs a pipeline with the stage it declares: its `[aggregate]`, else the fold of `view.fields`.
 pub fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
     let slots = p.referenced_fields();
-    let stage = Arc::new(Fold::new(&p.view.fields, &slots));
-    run_with_stage(p, stage, opts)
+    match &p.aggregate {
+        Some(a) => {
+            let stage = Aggregate::new(a, &slots).map_err(EngineError::Incompatible)?;
+            run_with_stage(p, Arc::new(stage), opts)
+        }
+        None => run_with_stage(p, Arc::new(Fold::new(&p.view.fields, &slots)), opts),
+    }
 }
 
 struct Input {

@@ -360,7 +360,10 @@ impl<S: Stage> ShardCore<S> {
                 } else {
                     entry.version + 1
                 };
-                if !emit || applied == Applied::Unchanged {
+                if applied == Applied::Rejected {
+                    o.rejected += 1;
+                }
+                if !emit || applied != Applied::Changed {
                     return;
                 }
                 match self.cfg.emit {
@@ -373,13 +376,13 @@ impl<S: Stage> ShardCore<S> {
                     }
                 }
             }
-            Err(reason) => {
+            Err(refused) => {
                 let key = entry.key.as_bytes();
                 dead_letter(
                     &mut self.dead,
                     &self.inputs,
-                    DeadReason::Logic,
-                    &reason,
+                    refused.reason,
+                    &refused.detail,
                     input,
                     offset,
                     key,

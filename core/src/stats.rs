@@ -27,11 +27,16 @@ pub enum DeadReason {
     ReorderBufferFull,
     /// The logic stage refused it (type error, overflow).
     Logic,
+    /// A command or event type the stage has no handler for.
+    UnknownType,
 }
+
+/// Number of [`DeadReason`]s.
+pub const DEAD_REASONS: usize = 9;
 
 impl DeadReason {
     /// Every reason, in index order.
-    pub const ALL: [DeadReason; 8] = [
+    pub const ALL: [DeadReason; DEAD_REASONS] = [
         DeadReason::Malformed,
         DeadReason::NotAnObject,
         DeadReason::MissingKey,
@@ -40,6 +45,7 @@ impl DeadReason {
         DeadReason::GapNotFilled,
         DeadReason::ReorderBufferFull,
         DeadReason::Logic,
+        DeadReason::UnknownType,
     ];
 
     /// Stable snake_case name (used in dead letters and metrics labels).
@@ -53,6 +59,7 @@ impl DeadReason {
             DeadReason::GapNotFilled => "gap_not_filled",
             DeadReason::ReorderBufferFull => "reorder_buffer_full",
             DeadReason::Logic => "logic_error",
+            DeadReason::UnknownType => "unknown_type",
         }
     }
 
@@ -65,7 +72,7 @@ impl DeadReason {
             | DeadReason::BadKey
             | DeadReason::BadSequence => "decode",
             DeadReason::GapNotFilled | DeadReason::ReorderBufferFull => "sequence",
-            DeadReason::Logic => "view",
+            DeadReason::Logic | DeadReason::UnknownType => "logic",
         }
     }
 }
@@ -77,10 +84,12 @@ pub struct Outcomes {
     pub read: u64,
     /// Applied to state.
     pub processed: u64,
+    /// Of the processed: commands rejected by a rule (written to the rejections topic).
+    pub rejected: u64,
     /// Dropped as duplicates.
     pub duplicates: u64,
     /// Dead-lettered, by [`DeadReason`] index.
-    pub dead: [u64; 8],
+    pub dead: [u64; DEAD_REASONS],
     /// Change in the number of held records.
     pub held_delta: i64,
 }
@@ -101,10 +110,12 @@ pub struct Stats {
     pub replayed: AtomicU64,
     /// Records applied to state.
     pub processed: AtomicU64,
+    /// Of those, commands rejected by a rule.
+    pub rejected: AtomicU64,
     /// Records dropped as duplicates.
     pub duplicates: AtomicU64,
     /// Records dead-lettered, by reason.
-    pub dead: [AtomicU64; 8],
+    pub dead: [AtomicU64; DEAD_REASONS],
     /// Records held in reorder buffers right now.
     pub held: AtomicI64,
     /// Records available in the sources (sum of committed ends).
@@ -138,6 +149,7 @@ impl Default for Stats {
             read: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             processed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             dead: Default::default(),
             held: AtomicI64::new(0),
@@ -165,6 +177,10 @@ impl Stats {
             self.processed.fetch_add(o.processed, Relaxed);
             metrics::counter!("onceflow_records_total", "outcome" => "processed")
                 .increment(o.processed);
+        }
+        if o.rejected > 0 {
+            self.rejected.fetch_add(o.rejected, Relaxed);
+            metrics::counter!("onceflow_commands_rejected_total").increment(o.rejected);
         }
         if o.duplicates > 0 {
             self.duplicates.fetch_add(o.duplicates, Relaxed);
@@ -208,7 +224,7 @@ impl Stats {
 
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let dead: [u64; 8] = std::array::from_fn(|i| self.dead[i].load(Relaxed));
+        let dead: [u64; DEAD_REASONS] = std::array::from_fn(|i| self.dead[i].load(Relaxed));
         let lat = self.latency_us.lock().expect("latency lock");
         let ct = self.commit_time_us.lock().expect("commit time lock");
         StatsSnapshot {
@@ -217,6 +233,7 @@ impl Stats {
             read: self.read.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             processed: self.processed.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             dead,
             held: self.held.load(Relaxed).max(0) as u64,
@@ -244,10 +261,12 @@ pub struct StatsSnapshot {
     pub replayed: u64,
     /// See [`Stats::processed`].
     pub processed: u64,
+    /// See [`Stats::rejected`].
+    pub rejected: u64,
     /// See [`Stats::duplicates`].
     pub duplicates: u64,
     /// See [`Stats::dead`].
-    pub dead: [u64; 8],
+    pub dead: [u64; DEAD_REASONS],
     /// See [`Stats::held`].
     pub held: u64,
     /// Records in the sources not yet committed as consumed.

@@ -4,12 +4,16 @@
 //! *all* problems at once, each with its TOML path and line. The engine then does the
 //! I/O (`Engine::open`). The reference for every key is `docs/configuration.md`.
 
+mod aggregate;
 mod walk;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use aggregate::{
+    AggregateConfig, CommandHandler, EmitSpec, EventType, Expr, Rule, StateField, slots,
+};
 pub use walk::parse_duration;
 use walk::{Cx, Table};
 
@@ -202,8 +206,11 @@ pub struct Pipeline {
     pub key: KeyConfig,
     /// Reorder buffer bounds.
     pub reorder: ReorderConfig,
-    /// The per-key fold.
+    /// The read model written per key: the fold's fields, or the aggregate's state.
     pub view: ViewConfig,
+    /// The aggregate (commands → events → state), when the pipeline declares one; the
+    /// view then shows its state instead of folding `view.fields`.
+    pub aggregate: Option<AggregateConfig>,
     /// Topic (in the state log) that receives dead letters.
     pub dead_letter_topic: String,
 }
@@ -428,16 +435,30 @@ impl Pipeline {
         };
         r.finish(&mut cx);
 
+        // [aggregate] (read first: it decides what [view] must hold)
+        let mut agg_table = root.table(&mut cx, "aggregate");
+        let aggregate = aggregate::parse(&mut cx, &mut agg_table);
+        let has_aggregate = agg_table.is_present();
+        agg_table.finish(&mut cx);
+
         // [view]
         let mut v = root.table(&mut cx, "view");
-        if !v.is_present() {
+        if !v.is_present() && !has_aggregate {
             cx.error(
                 "view",
                 None,
-                "the [view] table is required: the read model this pipeline folds per key",
+                "the [view] table is required: the read model this pipeline folds per key (or declare an [aggregate])",
             );
         }
-        let view_topic = v.required_string(&mut cx, "topic");
+        let view_topic = if has_aggregate {
+            let default = format!(
+                "{}_state",
+                aggregate.as_ref().map_or("aggregate", |a| a.name.as_str())
+            );
+            Some(v.string(&mut cx, "topic").unwrap_or(default))
+        } else {
+            v.required_string(&mut cx, "topic")
+        };
         if let Some(t) = &view_topic
             && !valid_name(t)
         {
@@ -460,7 +481,14 @@ impl Pipeline {
         };
         let mut f = v.table(&mut cx, "fields");
         let mut fields = Vec::new();
-        if v.is_present() && !f.is_present() {
+        if has_aggregate && f.is_present() {
+            cx.error(
+                "view.fields",
+                f.span(),
+                "a pipeline with an [aggregate] shows the aggregate's state as its view; remove view.fields (projections come with their own tables)",
+            );
+        }
+        if v.is_present() && !f.is_present() && !has_aggregate {
             cx.error("view.fields", v.span(), "is required: at least one output field, e.g. balance = { op = \"sum\", field = \"amount\" }");
         }
         for fname in f.keys() {
@@ -562,6 +590,20 @@ impl Pipeline {
         if view_topic.as_deref() == Some(dead_letter_topic.as_str()) {
             cx.error("dead_letter.topic", d.span(), "must differ from view.topic");
         }
+        if let Some(a) = &aggregate {
+            for (what, t) in [
+                ("events_topic", &a.events_topic),
+                ("rejections_topic", &a.rejections_topic),
+            ] {
+                if view_topic.as_deref() == Some(t.as_str()) || *t == dead_letter_topic {
+                    cx.error(
+                        &format!("aggregate.{what}"),
+                        None,
+                        format!("\"{t}\" is already the view or dead-letter topic: every output needs its own topic"),
+                    );
+                }
+            }
+        }
         d.finish(&mut cx);
         root.finish(&mut cx);
 
@@ -589,6 +631,7 @@ impl Pipeline {
                 emit,
                 fields,
             },
+            aggregate,
             dead_letter_topic,
         })
     }
@@ -616,6 +659,11 @@ impl Pipeline {
                 | ReducerOp::Set(p) => add(p),
             }
             for (p, _) in &r.when {
+                add(p);
+            }
+        }
+        if let Some(a) = &self.aggregate {
+            for p in a.referenced_fields() {
                 add(p);
             }
         }

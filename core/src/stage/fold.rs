@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use super::{Applied, Emit, EventView, Stage};
+use super::{Applied, Emit, EventView, Refused, Stage};
 use crate::batch::{write_int, write_json_str, write_uint};
 use crate::config::{FieldPath, Reducer, ReducerOp};
 use crate::decode::Value;
@@ -246,7 +246,7 @@ impl Stage for Fold {
         state: &mut Self::State,
         ev: EventView<'_>,
         _emit: &mut Emit<'_>,
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, Refused> {
         // hot path
         // Check first (everything that can fail), then apply: all or nothing. Filters
         // are evaluated once; `active` remembers which reducers take this record.
@@ -264,7 +264,8 @@ impl Stage for Fold {
                         return Err(format!(
                             "'{}' (sum of '{}') would overflow: {cur} + {i}",
                             r.name, r.field
-                        ));
+                        )
+                        .into());
                     }
                 }
                 (Op::Sum(s) | Op::Min(s) | Op::Max(s), _) => {
@@ -376,7 +377,7 @@ mod tests {
                 },
                 &mut Emit::new(b"k", "s", 0, 0, &mut [], &[]),
             ) {
-                errs.push(e);
+                errs.push(e.detail);
             }
         }
         let mut out = Vec::new();

@@ -4,12 +4,15 @@
 //! produce the same state (replay after a crash depends on it). The engine handles
 //! sequence checks, reordering, dead letters and emission; a stage only folds.
 
+pub mod aggregate;
 pub mod fold;
 
 use crate::batch::OutBuf;
 use crate::decode::Value;
 use crate::hash::{PARTITION_SALT, bucket};
+use crate::stats::DeadReason;
 
+pub use aggregate::{AggState, Aggregate};
 pub use fold::{Fold, FoldState};
 
 /// The fields of one record, as a stage sees them.
@@ -113,9 +116,29 @@ impl<'a> Emit<'a> {
 pub enum Applied {
     /// The state changed: the key's read model is emitted.
     Changed,
-    /// Accepted without a state change (e.g. a command rejected by a guard, with its
-    /// rejection written to an output): processed, nothing to upsert.
+    /// Accepted without a state change: processed, nothing to upsert.
     Unchanged,
+    /// A command refused by a business rule (its rejection written to an output):
+    /// processed and counted as rejected, state unchanged.
+    Rejected,
+}
+
+/// Why a stage refused a record: it is dead-lettered with this reason and detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The dead-letter reason ([`DeadReason::Logic`] unless said otherwise).
+    pub reason: DeadReason,
+    /// What was wrong, for the dead letter.
+    pub detail: String,
+}
+
+impl From<String> for Refused {
+    fn from(detail: String) -> Self {
+        Refused {
+            reason: DeadReason::Logic,
+            detail,
+        }
+    }
 }
 
 /// A per-key logic stage.
@@ -135,7 +158,7 @@ pub trait Stage: Send + Sync + 'static {
         state: &mut Self::State,
         ev: EventView<'_>,
         emit: &mut Emit<'_>,
-    ) -> Result<Applied, String>;
+    ) -> Result<Applied, Refused>;
     /// Writes the key's read model as JSON object members (`"a":1,"b":2`, no braces).
     fn render(&self, state: &Self::State, out: &mut Vec<u8>);
     /// Output topics besides the view. None by default.
