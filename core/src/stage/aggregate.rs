@@ -589,3 +589,6 @@ fn commit(
     state.version = last.version;
     Applied::Changed
 }
+
+#[cfg(test)]
+mod tests;
