@@ -83,6 +83,19 @@ impl OutBuf {
         self.recs.is_empty()
     }
 
+    /// Where the buffer ends now, for [`OutBuf::truncate`].
+    #[inline]
+    pub fn mark(&self) -> (usize, usize) {
+        (self.data.len(), self.recs.len())
+    }
+
+    /// Drops everything appended since `mark`.
+    #[inline]
+    pub fn truncate(&mut self, mark: (usize, usize)) {
+        self.data.truncate(mark.0);
+        self.recs.truncate(mark.1);
+    }
+
     /// Appends a record whose value is written by `write`.
     #[inline]
     pub fn push_with(&mut self, partition: u32, key: &[u8], write: impl FnOnce(&mut Vec<u8>)) {

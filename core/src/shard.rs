@@ -342,6 +342,9 @@ impl<S: Stage> ShardCore<S> {
             entry.next_seq = seq + 1;
         }
         let (source, partition) = &self.inputs[input as usize];
+        // A refused record must leave no output behind, whatever the stage wrote.
+        let marks: smallvec::SmallVec<[(usize, usize); 4]> =
+            self.emitted.iter().map(OutBuf::mark).collect();
         let mut out = Emit {
             key: entry.key.as_bytes(),
             key_hash: entry.hash,
@@ -377,6 +380,9 @@ impl<S: Stage> ShardCore<S> {
                 }
             }
             Err(refused) => {
+                for (buf, mark) in self.emitted.iter_mut().zip(marks) {
+                    buf.truncate(mark);
+                }
                 let key = entry.key.as_bytes();
                 dead_letter(
                     &mut self.dead,

@@ -143,8 +143,9 @@ impl From<String> for Refused {
 
 /// A per-key logic stage.
 ///
-/// `apply` must be all-or-nothing: on `Err` the state is unchanged, nothing was written
-/// through [`Emit`], and the record is dead-lettered with the returned reason. It must be
+/// `apply` must be all-or-nothing: on `Err` the state must be unchanged (whatever was
+/// written through [`Emit`] is discarded by the engine) and the record is dead-lettered
+/// with the returned reason. It must be
 /// deterministic (no clock, no randomness, no hash-map iteration order): after a crash
 /// the engine replays the same records with outputs off and expects the same state.
 pub trait Stage: Send + Sync + 'static {
