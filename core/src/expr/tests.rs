@@ -768,6 +768,26 @@ fn values_of_another_type_than_declared_get_the_general_path() {
 }
 
 #[test]
+fn documented_examples_compile() {
+    let mut sc = MapScope::new();
+    for root in ["state", "cmd", "event"] {
+        sc.declare(root, Type::Map);
+    }
+    let doc = include_str!("../../../docs/expressions.md");
+    let examples = doc
+        .split("## Examples")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .unwrap();
+    let mut n = 0;
+    for line in examples.lines().filter(|l| !l.trim().is_empty()) {
+        compile(line, &sc).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+        n += 1;
+    }
+    assert!(n >= 8);
+}
+
+#[test]
 fn eval_bool_rejects_non_bools() {
     let p = compiled("n + 1");
     let e = env();
