@@ -8,11 +8,13 @@
 //!   `LogReader` / `LogWriter` (recovery) / commit / re-read.
 //! * [`decode`]: bytes → `Extractor::extract`, checked against `serde_json::Value`.
 //! * [`config`]: UTF-8 text → `Pipeline::parse`.
+//! * [`expr`]: UTF-8 text → `expr::compile` → `Program::eval`.
 //!
 //! Every binary linking this crate gets [`alloc_limit`] as its global allocator.
 
 pub mod config;
 pub mod decode;
+pub mod expr;
 pub mod log_open;
 
 pub mod alloc_limit {

@@ -41,6 +41,11 @@ fn config_seeds() {
 }
 
 #[test]
+fn expr_seeds() {
+    replay("expr", onceflow_fuzz::expr::run);
+}
+
+#[test]
 fn log_open_seeds_get_deep() {
     use onceflow_fuzz::log_open::{Outcome, run_outcome};
     let seed = |name: &str| {

@@ -2,7 +2,7 @@
 //! [`Scope`], expands macros, picks function overloads, checks static types, compiles
 //! literal regexes and folds constants. Collects every error it finds.
 
-use super::eval::{Cx, Loop, Macro, Node, Op};
+use super::eval::{Cx, Loop, Macro, Node, Op, Operands};
 use super::functions::{self, Func, Style};
 use super::parser::{BinOp, Expr, Kind};
 use super::value::{Type, Val};
@@ -250,7 +250,15 @@ impl<'s, S: Scope + ?Sized> Checker<'s, S> {
             BinOp::In => Op::In,
         };
         match binary_type(op, at, bt) {
-            Ok(t) => self.fold(Node::Bin(op, Box::new(an), Box::new(bn), span), t),
+            Ok(t) => {
+                let operands = match (at, bt) {
+                    (Type::Int, Type::Int) => Operands::Int,
+                    (Type::String, Type::String) => Operands::Str,
+                    (Type::Bool, Type::Bool) => Operands::Bool,
+                    _ => Operands::Other,
+                };
+                self.fold(Node::Bin(op, Box::new(an), Box::new(bn), span, operands), t)
+            }
             Err(msg) => self.error(op_span, msg),
         }
     }
@@ -543,9 +551,10 @@ fn inputs_const(node: &Node) -> bool {
     let c = |n: &Node| n.as_const().is_some();
     match node {
         Node::Not(a, _) | Node::Neg(a, _) | Node::Select(a, _, _) | Node::Matches(a, _, _) => c(a),
-        Node::Index(a, b, _) | Node::Bin(_, a, b, _) | Node::And(a, b, _) | Node::Or(a, b, _) => {
-            c(a) && c(b)
-        }
+        Node::Index(a, b, _)
+        | Node::Bin(_, a, b, _, _)
+        | Node::And(a, b, _)
+        | Node::Or(a, b, _) => c(a) && c(b),
         Node::Cond(a, b, d, _) => c(a) && c(b) && c(d),
         Node::List(items) | Node::Call(_, items, _) => items.iter().all(c),
         Node::Map(entries, _) => entries.iter().all(|(k, v)| c(k) && c(v)),

@@ -47,6 +47,15 @@ impl Op {
     }
 }
 
+/// Static type shared by both operands of a binary operator, when it has a fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operands {
+    Int,
+    Str,
+    Bool,
+    Other,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Macro {
     All,
@@ -73,7 +82,8 @@ pub(crate) enum Node {
     Index(Box<Node>, Box<Node>, Span),
     Not(Box<Node>, Span),
     Neg(Box<Node>, Span),
-    Bin(Op, Box<Node>, Box<Node>, Span),
+    /// The last field says which typed fast path the operands take (see `fast.rs`).
+    Bin(Op, Box<Node>, Box<Node>, Span, Operands),
     And(Box<Node>, Box<Node>, Span),
     Or(Box<Node>, Box<Node>, Span),
     Cond(Box<Node>, Box<Node>, Box<Node>, Span),
@@ -119,6 +129,7 @@ pub(crate) struct Cx<'a, E: ?Sized> {
 type R<'a> = Result<Val<'a>, EvalError>;
 
 impl<'a, E: Env + ?Sized> Cx<'a, E> {
+    #[cold]
     fn fail(&self, span: Span, message: String) -> EvalError {
         EvalError {
             column: char_column(self.src, span.start),
@@ -130,20 +141,44 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
         self.src.get(span.start..span.end).unwrap_or("?")
     }
 
+    /// The common nodes, kept small so that a recursive call is cheap; the rest is in
+    /// [`Cx::eval_other`].
+    #[inline]
     pub(crate) fn eval(&mut self, node: &'a Node) -> R<'a> {
         // hot path
         match node {
             Node::Const(v) => Ok(v.reborrow()),
             Node::Load(slot, path) => match self.env.get(*slot) {
                 Some(v) => Ok(v),
-                None => {
-                    let (name, column) = &self.paths[*path as usize];
-                    Err(EvalError {
-                        column: *column,
-                        message: format!("missing field {name}"),
-                    })
-                }
+                None => Err(self.missing(*path)),
             },
+            Node::Bin(op, a, b, span, _) => {
+                let a = self.eval(a)?;
+                let b = self.eval(b)?;
+                self.binary(*op, a, b, *span)
+            }
+            Node::And(a, b, span) => self.logic(a, b, false, *span),
+            Node::Or(a, b, span) => self.logic(a, b, true, *span),
+            _ => self.eval_other(node),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn missing(&self, path: u32) -> EvalError {
+        let (name, column) = &self.paths[path as usize];
+        EvalError {
+            column: *column,
+            message: format!("missing field {name}"),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_other(&mut self, node: &'a Node) -> R<'a> {
+        match node {
+            Node::Const(_) | Node::Load(..) | Node::Bin(..) | Node::And(..) | Node::Or(..) => {
+                self.eval(node)
+            }
             Node::Local(i) => Ok(self.locals[*i as usize].clone()),
             Node::HasSlot(slot) => Ok(Val::Bool(self.env.get(*slot).is_some())),
             Node::HasField(target, field, span) => match self.eval_present(target)? {
@@ -184,13 +219,6 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
                 }),
                 other => Err(self.fail(*span, format!("'-' cannot negate {}", other.type_of()))),
             },
-            Node::Bin(op, a, b, span) => {
-                let a = self.eval(a)?;
-                let b = self.eval(b)?;
-                self.binary(*op, a, b, *span)
-            }
-            Node::And(a, b, span) => self.logic(a, b, false, *span),
-            Node::Or(a, b, span) => self.logic(a, b, true, *span),
             Node::Cond(c, a, b, span) => match self.eval(c)? {
                 Val::Bool(true) => self.eval(a),
                 Val::Bool(false) => self.eval(b),
@@ -330,8 +358,57 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
         }
     }
 
+    /// `a op b`: ints and string equality inline, the rest in [`Cx::binary_slow`].
+    #[inline]
     pub(crate) fn binary(&self, op: Op, a: Val<'a>, b: Val<'a>, span: Span) -> R<'a> {
+        // hot path
+        match (&a, &b) {
+            (Val::Int(x), Val::Int(y)) => {
+                let (x, y) = (*x, *y);
+                let r = match op {
+                    Op::Lt => Some(Val::Bool(x < y)),
+                    Op::Le => Some(Val::Bool(x <= y)),
+                    Op::Gt => Some(Val::Bool(x > y)),
+                    Op::Ge => Some(Val::Bool(x >= y)),
+                    Op::Eq => Some(Val::Bool(x == y)),
+                    Op::Ne => Some(Val::Bool(x != y)),
+                    Op::Add => x.checked_add(y).map(Val::Int),
+                    Op::Sub => x.checked_sub(y).map(Val::Int),
+                    Op::Mul => x.checked_mul(y).map(Val::Int),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return Ok(r);
+                }
+            }
+            (Val::Str(x), Val::Str(y)) if matches!(op, Op::Eq | Op::Ne) => {
+                return Ok(Val::Bool((x == y) == (op == Op::Eq)));
+            }
+            _ => {}
+        }
+        self.binary_slow(op, a, b, span)
+    }
+
+    #[inline(never)]
+    fn binary_slow(&self, op: Op, a: Val<'a>, b: Val<'a>, span: Span) -> R<'a> {
         use Val::*;
+        if op == Op::Add
+            && let (Str(x), Str(y)) = (&a, &b)
+        {
+            functions::check_built(x.len() + y.len(), "'+'").map_err(|m| self.fail(span, m))?;
+            // Appends to the left string when it is a computed one (no new allocation
+            // in a chain like `a + ':' + b`).
+            let mut out = match a {
+                Str(Cow::Owned(s)) => s,
+                _ => {
+                    let mut s = String::with_capacity(x.len() + y.len());
+                    s.push_str(x);
+                    s
+                }
+            };
+            out.push_str(y);
+            return Ok(Str(Cow::Owned(out)));
+        }
         let overflow = || self.fail(span, format!("integer overflow in {}", self.text(span)));
         let mismatch = || {
             let verb = match op {
@@ -377,7 +454,6 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
             Op::Add => match (&a, &b) {
                 (Int(x), Int(y)) => Int(x.checked_add(*y).ok_or_else(overflow)?),
                 (Double(x), Double(y)) => Double(x + y),
-                (Str(x), Str(y)) => functions::concat_strs(x, y).map_err(|m| self.fail(span, m))?,
                 (List(x), List(y)) => {
                     functions::concat_lists(x, y).map_err(|m| self.fail(span, m))?
                 }

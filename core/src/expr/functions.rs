@@ -286,7 +286,15 @@ fn func_name(f: Func) -> &'static str {
 fn sub_str<'a>(s: Cow<'a, str>, f: impl FnOnce(&str) -> &str) -> Cow<'a, str> {
     match s {
         Cow::Borrowed(b) => Cow::Borrowed(f(b)),
-        Cow::Owned(o) => Cow::Owned(f(&o).to_string()),
+        Cow::Owned(mut o) => {
+            // In place: no new allocation.
+            let part = f(&o);
+            let start = part.as_ptr() as usize - o.as_ptr() as usize;
+            let end = start + part.len();
+            o.truncate(end);
+            o.drain(..start);
+            Cow::Owned(o)
+        }
     }
 }
 
@@ -306,7 +314,7 @@ fn char_offset(s: &str, i: i64, what: &str) -> Result<usize, String> {
     }
 }
 
-fn check_built(len: usize, what: &str) -> Result<(), String> {
+pub(crate) fn check_built(len: usize, what: &str) -> Result<(), String> {
     if len > MAX_BUILT {
         return Err(format!("{what}: result too large ({len} > {MAX_BUILT})"));
     }
@@ -432,7 +440,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
         ),
         (Func::String, [Str(_)]) => std::mem::take(&mut args[0]),
         (Func::String, [v]) => {
-            let mut out = String::new();
+            let mut out = String::with_capacity(32);
             if !v.write_text(&mut out) {
                 return Err(no_overload(name, args));
             }
@@ -542,13 +550,4 @@ pub(crate) fn concat_lists<'a>(a: &[Val<'a>], b: &[Val<'a>]) -> Result<Val<'a>, 
     out.extend_from_slice(a);
     out.extend_from_slice(b);
     Ok(Val::List(Arc::new(out)))
-}
-
-/// A new string `a + b` (checked against [`MAX_BUILT`]).
-pub(crate) fn concat_strs<'a>(a: &str, b: &str) -> Result<Val<'a>, String> {
-    check_built(a.len() + b.len(), "'+'")?;
-    let mut out = String::with_capacity(a.len() + b.len());
-    out.push_str(a);
-    out.push_str(b);
-    Ok(Val::Str(Cow::Owned(out)))
 }

@@ -40,6 +40,7 @@
 
 mod check;
 mod eval;
+mod fast;
 mod functions;
 mod lexer;
 mod parser;
@@ -189,20 +190,25 @@ impl Program {
     /// program's literals) are borrowed, not copied.
     pub fn eval<'a, E: Env + ?Sized>(&'a self, env: &'a E) -> Result<Val<'a>, EvalError> {
         // hot path
-        let mut cx = eval::Cx {
-            env,
-            src: &self.src,
-            paths: &self.paths,
-            locals: Vec::new(),
-            iterations: 0,
+        let mut cx = self.cx(env);
+        let fast = match self.ty {
+            Type::Bool => cx.fast_bool(&self.root).map(Val::Bool),
+            Type::Int => cx.fast_int(&self.root).map(Val::Int),
+            _ => None,
         };
-        cx.eval(&self.root)
+        match fast {
+            Some(v) => Ok(v),
+            None => cx.eval(&self.root),
+        }
     }
 
     /// Evaluates a guard or filter: a result other than a bool is an error.
     pub fn eval_bool<E: Env + ?Sized>(&self, env: &E) -> Result<bool, EvalError> {
         // hot path
-        match self.eval(env)? {
+        if let Some(b) = self.cx(env).fast_bool(&self.root) {
+            return Ok(b);
+        }
+        match self.cx(env).eval(&self.root)? {
             Val::Bool(b) => Ok(b),
             other => Err(EvalError {
                 column: 1,
@@ -212,6 +218,16 @@ impl Program {
                     self.src
                 ),
             }),
+        }
+    }
+
+    fn cx<'a, E: Env + ?Sized>(&'a self, env: &'a E) -> eval::Cx<'a, E> {
+        eval::Cx {
+            env,
+            src: &self.src,
+            paths: &self.paths,
+            locals: Vec::new(),
+            iterations: 0,
         }
     }
 

@@ -741,6 +741,53 @@ fn deep_nesting_is_an_error_not_a_crash() {
 }
 
 #[test]
+fn values_of_another_type_than_declared_get_the_general_path() {
+    // The typed fast paths give up; the general path reports what happened.
+    let sc = scope();
+    let mut e = env();
+    e.set(sc.slot("state.balance").unwrap(), Val::str("100"));
+    let guard = compile(
+        "state.balance >= cmd.data.amount && state.status == 'open'",
+        &sc,
+    )
+    .unwrap();
+    assert_eq!(
+        guard.eval_bool(&e).unwrap_err().message,
+        "'>=' cannot compare string and int"
+    );
+    let computed = compile("state.balance - cmd.data.amount", &sc).unwrap();
+    assert_eq!(
+        computed.eval(&e).unwrap_err().message,
+        "'-' cannot apply to string and int"
+    );
+    e.set(sc.slot("state.status").unwrap(), Val::string("open"));
+    e.set(sc.slot("state.balance").unwrap(), Val::Int(0));
+    assert!(!guard.eval_bool(&e).unwrap());
+    e.set(sc.slot("state.balance").unwrap(), Val::Int(30));
+    assert!(guard.eval_bool(&e).unwrap());
+}
+
+#[test]
+fn documented_examples_compile() {
+    let mut sc = MapScope::new();
+    for root in ["state", "cmd", "event"] {
+        sc.declare(root, Type::Map);
+    }
+    let doc = include_str!("../../../docs/expressions.md");
+    let examples = doc
+        .split("## Examples")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .unwrap();
+    let mut n = 0;
+    for line in examples.lines().filter(|l| !l.trim().is_empty()) {
+        compile(line, &sc).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+        n += 1;
+    }
+    assert!(n >= 8);
+}
+
+#[test]
 fn eval_bool_rejects_non_bools() {
     let p = compiled("n + 1");
     let e = env();

@@ -118,18 +118,23 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<i64, String> {
 
 /// Appends RFC 3339 in UTC with the fraction trimmed: `2024-01-31T12:00:00.5Z`.
 pub(crate) fn format_timestamp(ns: i64, out: &mut String) {
-    use std::fmt::Write;
     let secs = ns.div_euclid(NS);
     let frac = ns.rem_euclid(NS);
     let (y, m, d) = civil_from_days(secs.div_euclid(DAY_S));
     let sod = secs.rem_euclid(DAY_S);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
+    // Years are 1677 to 2262: always four digits.
+    push2(y / 100, out);
+    push2(y % 100, out);
+    for (sep, n) in [
+        ('-', m),
+        ('-', d),
+        ('T', sod / 3600),
+        (':', sod / 60 % 60),
+        (':', sod % 60),
+    ] {
+        out.push(sep);
+        push2(n, out);
+    }
     push_fraction(frac as u64, out);
     out.push('Z');
 }
@@ -139,9 +144,21 @@ fn push_fraction(frac_ns: u64, out: &mut String) {
     if frac_ns == 0 {
         return;
     }
-    let digits = format!("{frac_ns:09}");
+    let mut digits = [b'0'; 9];
+    let mut v = frac_ns;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let len = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
     out.push('.');
-    out.push_str(digits.trim_end_matches('0'));
+    out.extend(digits[..len].iter().map(|&d| char::from(d)));
+}
+
+/// Two decimal digits.
+fn push2(n: i64, out: &mut String) {
+    out.push(char::from(b'0' + (n / 10 % 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
 }
 
 /// Parses CEL (Go) duration text: `1h30m`, `-1.5s`, `100ms`, `2us`, `3ns`, `0`.
