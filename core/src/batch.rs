@@ -145,31 +145,13 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
 /// Writes an integer in decimal without allocating.
 #[inline]
 pub fn write_int(out: &mut Vec<u8>, n: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes an unsigned integer in decimal without allocating.
 #[inline]
 pub fn write_uint(out: &mut Vec<u8>, n: u64) {
-    if let Ok(i) = i64::try_from(n) {
-        write_int(out, i);
-    } else {
-        out.extend_from_slice(n.to_string().as_bytes());
-    }
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ const SHARD_QUEUE: usize = 64;
 /// Records read from one partition per pass.
 const READ_CHUNK: usize = 4096;
 /// How often an idle router looks for new committed input.
-const IDLE_POLL: Duration = Duration::from_micros(500);
+const IDLE_POLL: Duration = Duration::from_micros(250);
 /// Spins on an empty queue before parking (idle-core wakeups are slow).
 const SPIN_TRIES: u32 = 200;
 
@@ -533,7 +533,13 @@ fn route_loop(
                 *epoch += 1;
                 epoch_records = 0;
             }
-            deadline = now + p.commit_interval;
+            // A fixed cadence: a barrier cut late (the router was asleep or busy) does not
+            // lengthen the next epoch; after a stall of a whole interval, start afresh.
+            deadline = if now >= deadline + p.commit_interval {
+                now + p.commit_interval
+            } else {
+                deadline + p.commit_interval
+            };
             if stopping || done {
                 return Ok(recovery);
             }

@@ -822,19 +822,17 @@ impl LogWriter {
         }
 
         if sync {
-            for &(t, p) in touched {
-                let ps = &self.topics[t as usize]
-                    .as_ref()
-                    .expect("touched topic exists")
-                    .parts[p as usize];
-                if let Some(seg) = &ps.seg
-                    && seg.dirty
-                {
-                    seg.file
-                        .sync_data()
-                        .map_err(|e| LogError::io(&seg.path, "fdatasync", e))?;
-                }
-            }
+            let dirty: Vec<&Segment> = touched
+                .iter()
+                .filter_map(|&(t, p)| {
+                    let ps = &self.topics[t as usize]
+                        .as_ref()
+                        .expect("touched topic exists")
+                        .parts[p as usize];
+                    ps.seg.as_ref().filter(|seg| seg.dirty)
+                })
+                .collect();
+            sync_segments(&dirty)?;
             for d in &new_dirs {
                 format::fsync_dir(d)?;
             }
@@ -893,6 +891,33 @@ impl std::fmt::Debug for LogWriter {
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
+}
+
+/// fdatasyncs the segments a transaction wrote, concurrently when there are several: each
+/// fdatasync has a fixed cost (~0.4 ms here) that overlaps when they run side by side
+/// (median commit 6.3 → 5.7 ms for the bank view's 4 partitions; `docs/benchmarks.md`).
+/// The journal entry is written only after all of them returned.
+fn sync_segments(segs: &[&Segment]) -> Result<(), LogError> {
+    let sync = |seg: &Segment| {
+        seg.file
+            .sync_data()
+            .map_err(|e| LogError::io(&seg.path, "fdatasync", e))
+    };
+    if segs.len() < 2 {
+        return segs.iter().try_for_each(|s| sync(s));
+    }
+    std::thread::scope(|s| {
+        let (head, rest) = segs.split_first().expect("two or more");
+        let handles: Vec<_> = rest.iter().map(|seg| s.spawn(move || sync(seg))).collect();
+        let mut result = sync(head);
+        for h in handles {
+            let r = h.join().expect("fdatasync thread panicked");
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
 }
 
 /// An open transaction of a [`LogWriter`].
