@@ -32,6 +32,8 @@ const SHARD_QUEUE: usize = 64;
 const READ_CHUNK: usize = 4096;
 /// How often an idle router looks for new committed input.
 const IDLE_POLL: Duration = Duration::from_micros(250);
+/// Keys an idle shard renders ahead of the barrier before it looks at its queue again.
+const RENDER_AHEAD_STEP: usize = 64;
 /// Spins on an empty queue before parking (idle-core wakeups are slow).
 const SPIN_TRIES: u32 = 200;
 
@@ -593,6 +595,11 @@ fn shard_loop<S: Stage>(
     loop {
         // Spin briefly before parking: a parked thread takes ~7 µs to wake here.
         let mut msg = rx.try_recv();
+        if matches!(msg, Err(TryRecvError::Empty)) && core.render_pending() > 0 {
+            // Idle: get the epoch's upserts ready before its barrier arrives.
+            core.render_ahead(RENDER_AHEAD_STEP);
+            continue;
+        }
         let mut spins = 0;
         while matches!(msg, Err(TryRecvError::Empty)) && spins < SPIN_TRIES {
             std::hint::spin_loop();

@@ -15,6 +15,9 @@ use crate::hash::{PARTITION_SALT, bucket};
 use crate::stage::{Applied, Emit, EventView, Stage};
 use crate::stats::{DeadReason, Outcomes};
 
+/// Partition marking an upsert superseded by a later one of the same key (dropped at the barrier).
+const SUPERSEDED: u32 = u32::MAX;
+
 /// Names of the dense input indexes: `inputs[i] = (source name, partition)`.
 pub type InputNames = Arc<Vec<(String, u32)>>;
 
@@ -64,8 +67,12 @@ struct KeyEntry<St> {
     /// Version of the read model: the last applied sequence number, or the number of
     /// applied records when sequences are off.
     version: u64,
-    /// Already in this epoch's dirty list.
+    /// Changed since its last render this epoch, and in the `dirty` list.
     dirty: bool,
+    /// `rendered_gen == generation`: this epoch's upsert of the key is `outputs.recs[rendered_rec]`
+    /// (rendered ahead of the barrier; superseded if the key changes again).
+    rendered_gen: u32,
+    rendered_rec: u32,
     /// How many early records of this key wait in `HeldStore` (usually none).
     held: u32,
     state: St,
@@ -134,8 +141,12 @@ pub struct ShardCore<S: Stage> {
     /// Per input: held records in arrival order `(offset, entry index, seq)`; entries
     /// whose record was released meanwhile are skipped when popped.
     expiry: Vec<VecDeque<(u64, u32, u64)>>,
-    /// Entries changed this epoch (per-epoch emission).
+    /// Entries changed since their last render this epoch (per-epoch emission).
     dirty: Vec<u32>,
+    /// This epoch's generation (see `KeyEntry::rendered_gen`); never 0.
+    generation: u32,
+    /// Records in `outputs` superseded by a later render of the same key.
+    superseded: usize,
     outputs: OutBuf,
     dead: OutBuf,
     /// The stage's own outputs for this epoch, one per [`Stage::outputs`] entry.
@@ -164,6 +175,8 @@ impl<S: Stage> ShardCore<S> {
             held_total: 0,
             expiry: (0..n).map(|_| VecDeque::new()).collect(),
             dirty: Vec::new(),
+            generation: 1,
+            superseded: 0,
             outputs: OutBuf::default(),
             dead: OutBuf::default(),
         }
@@ -210,6 +223,8 @@ impl<S: Stage> ShardCore<S> {
                     next_seq: self.cfg.sequence_start,
                     version: 0,
                     dirty: false,
+                    rendered_gen: 0,
+                    rendered_rec: 0,
                     held: 0,
                     state: self.stage.new_state(),
                 });
@@ -440,24 +455,60 @@ impl<S: Stage> ShardCore<S> {
         }
     }
 
-    /// Ends the epoch: renders the changed keys (per-epoch emission) and hands over the buffers.
-    ///
-    /// `spare` is an emptied buffer from an earlier epoch to reuse (no fresh pages to fault in).
-    pub fn barrier(&mut self, epoch: u64, spare: Option<OutBuf>) -> ShardPart {
+    /// Changed keys whose upsert is not rendered yet (per-epoch emission).
+    pub fn render_pending(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Renders up to `max` changed keys ahead of the barrier, so that the barrier itself
+    /// has little left to do. The shard thread calls this while its queue is empty: at light
+    /// load the epoch's upserts are ready when the barrier arrives (lower commit latency),
+    /// under full load it never runs and nothing is rendered twice. A key that changes again
+    /// after its render is rendered again; the older record is dropped at the barrier.
+    pub fn render_ahead(&mut self, max: usize) {
         // The dirty entries are scattered over the slab and mostly out of cache by now:
         // fetch a few ahead so the misses overlap instead of adding up.
         const AHEAD: usize = 8;
-        for (j, &idx) in self.dirty.iter().enumerate() {
+        let n = max.min(self.dirty.len());
+        for j in 0..n {
             if let Some(&next) = self.dirty.get(j + AHEAD) {
                 let e = &self.entries[next as usize];
                 prefetch(e);
                 prefetch(&e.state);
             }
+            let idx = self.dirty[j];
             let entry = &mut self.entries[idx as usize];
             entry.dirty = false;
+            if entry.rendered_gen == self.generation {
+                self.outputs.recs[entry.rendered_rec as usize].partition = SUPERSEDED;
+                self.superseded += 1;
+            }
+            entry.rendered_gen = self.generation;
+            entry.rendered_rec =
+                u32::try_from(self.outputs.recs.len()).expect("< 2^32 upserts an epoch");
             render(&*self.stage, &self.cfg, entry, &mut self.outputs);
         }
-        self.dirty.clear();
+        self.dirty.drain(..n);
+    }
+
+    /// Ends the epoch: renders the changed keys still pending (per-epoch emission) and
+    /// hands over the buffers.
+    ///
+    /// `spare` is an emptied buffer from an earlier epoch to reuse (no fresh pages to fault in).
+    pub fn barrier(&mut self, epoch: u64, spare: Option<OutBuf>) -> ShardPart {
+        self.render_ahead(usize::MAX);
+        if self.superseded > 0 {
+            self.outputs.recs.retain(|r| r.partition != SUPERSEDED);
+            self.superseded = 0;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // Once in 2^32 epochs: forget every render stamp so none can match by wrapping.
+            for e in &mut self.entries {
+                e.rendered_gen = 0;
+            }
+            self.generation = 1;
+        }
         let fresh = match spare {
             Some(mut b) => {
                 b.data.clear();

@@ -16,8 +16,12 @@ struct Harness {
 }
 
 fn harness(extra: &str) -> Harness {
+    harness_emit(extra, "per_event")
+}
+
+fn harness_emit(extra: &str, emit: &str) -> Harness {
     let src = format!(
-        "[pipeline]\nname='t'\nshards=1\n[[sources]]\nname='s'\ntype='log'\npath='x'\n[key]\nfield='k'\nsequence='seq'\n{extra}\n[view]\ntopic='v'\nemit='per_event'\n[view.fields]\nsum={{op='sum',field='n'}}\n"
+        "[pipeline]\nname='t'\nshards=1\n[[sources]]\nname='s'\ntype='log'\npath='x'\n[key]\nfield='k'\nsequence='seq'\n{extra}\n[view]\ntopic='v'\nemit='{emit}'\n[view.fields]\nsum={{op='sum',field='n'}}\n"
     );
     let p = Pipeline::parse(&src, Path::new(".")).unwrap();
     let names: InputNames = Arc::new(vec![("s".into(), 0)]);
@@ -53,7 +57,7 @@ impl Harness {
         self.o.processed += o.processed;
         self.o.duplicates += o.duplicates;
         self.o.held_delta += o.held_delta;
-        for i in 0..8 {
+        for i in 0..crate::stats::DEAD_REASONS {
             self.o.dead[i] += o.dead[i];
         }
     }
@@ -249,4 +253,37 @@ fn replayed_records_change_state_but_emit_nothing() {
     h.feed(&[r#"{"k":"a","seq":2,"n":1}"#]);
     let (outs, _) = h.epoch();
     assert_eq!(outs, [r#"{"key":"a","version":2,"sum":2}"#]);
+}
+
+#[test]
+fn per_epoch_upserts_rendered_ahead_are_superseded_by_later_changes() {
+    let mut h = harness_emit("", "per_epoch");
+    h.feed(&[r#"{"k":"a","seq":1,"n":1}"#, r#"{"k":"b","seq":1,"n":10}"#]);
+    // The shard was idle: both keys rendered before the barrier.
+    assert_eq!(h.shard.render_pending(), 2);
+    h.shard.render_ahead(64);
+    assert_eq!(h.shard.render_pending(), 0);
+    // `a` changes again: its early upsert is superseded, `b`'s stands.
+    h.feed(&[r#"{"k":"a","seq":2,"n":2}"#]);
+    assert_eq!(h.shard.render_pending(), 1);
+    h.shard.render_ahead(1);
+    h.feed(&[r#"{"k":"a","seq":3,"n":3}"#]);
+    let (outs, _) = h.epoch();
+    assert_eq!(
+        outs,
+        vec![
+            r#"{"key":"b","version":1,"sum":10}"#.to_string(),
+            r#"{"key":"a","version":3,"sum":6}"#.to_string(),
+        ]
+    );
+    // Next epoch: nothing is carried over; a key's first change renders afresh.
+    h.feed(&[r#"{"k":"b","seq":2,"n":5}"#]);
+    h.shard.render_ahead(64);
+    let (outs, _) = h.epoch();
+    assert_eq!(
+        outs,
+        vec![r#"{"key":"b","version":2,"sum":15}"#.to_string()]
+    );
+    let (outs, _) = h.epoch();
+    assert!(outs.is_empty());
 }
