@@ -65,6 +65,24 @@ enum GenCmd {
         #[arg(long, default_value_t = 0.01)]
         reorder: f64,
     },
+    /// Commands for examples/bank-accounts: OpenAccount, then Deposit/Withdraw (some rejected), Freeze/Unfreeze
+    Accounts {
+        /// Number of accounts
+        #[arg(long, default_value_t = 1_000)]
+        accounts: u64,
+        /// Number of distinct commands, openings included (duplicates come on top)
+        #[arg(long, default_value_t = 100_000)]
+        commands: u64,
+        /// Seed: the same arguments give the same output
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Share of commands delivered twice
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Share of commands delivered after their account's next command
+        #[arg(long, default_value_t = 0.0)]
+        reorder: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,16 +95,30 @@ fn main() -> ExitCode {
         } => run_cmd::run(&pipeline, until_end, quiet),
         Cmd::Validate { pipeline } => run_cmd::validate(&pipeline),
         Cmd::Log { cmd } => log_cmd::main(cmd),
-        Cmd::Gen {
-            cmd:
+        Cmd::Gen { cmd } => {
+            let (params, write): (_, GenFn) = match cmd {
                 GenCmd::Bank {
                     accounts,
                     events,
                     seed,
                     duplicates,
                     reorder,
-                },
-        } => {
+                } => (
+                    (accounts, events, seed, duplicates, reorder),
+                    onceflow_core::workload::write_bank,
+                ),
+                GenCmd::Accounts {
+                    accounts,
+                    commands,
+                    seed,
+                    duplicates,
+                    reorder,
+                } => (
+                    (accounts, commands, seed, duplicates, reorder),
+                    onceflow_core::workload::write_account_commands,
+                ),
+            };
+            let (accounts, events, seed, duplicates, reorder) = params;
             for (name, v) in [("--duplicates", duplicates), ("--reorder", reorder)] {
                 if !(0.0..=1.0).contains(&v) {
                     eprintln!("error: {name} must be between 0 and 1, got {v}");
@@ -102,9 +134,7 @@ fn main() -> ExitCode {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            match onceflow_core::workload::write_bank(&params, &mut out)
-                .and_then(|_| std::io::Write::flush(&mut out))
-            {
+            match write(&params, &mut out).and_then(|_| std::io::Write::flush(&mut out)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(e) => {
@@ -115,6 +145,12 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A workload generator writing JSON lines.
+type GenFn = fn(
+    &onceflow_core::workload::BankParams,
+    &mut std::io::BufWriter<std::io::StdoutLock<'static>>,
+) -> std::io::Result<u64>;
 
 /// `1234567` → `1,234,567`.
 pub(crate) fn thousands(n: u64) -> String {

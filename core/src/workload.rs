@@ -120,6 +120,92 @@ pub fn write_bank(params: &BankParams, out: &mut impl Write) -> io::Result<u64> 
     Ok(lines)
 }
 
+/// Writes commands for the account aggregate of `examples/bank-accounts`, as JSON lines.
+///
+/// Every account is opened first (`OpenAccount`, seq 1), then gets random `Deposit`s and
+/// `Withdraw`als (about one withdrawal in ten asks for more than the account holds, so
+/// it is rejected), and now and then a `Freeze` followed later by an `Unfreeze`.
+/// `params.events` counts all commands, openings included; duplicates and reordering
+/// are applied as in [`write_bank`]. Returns the number of lines written.
+pub fn write_account_commands(params: &BankParams, out: &mut impl Write) -> io::Result<u64> {
+    let mut rng = Rng::new(params.seed);
+    let accounts = params.accounts.max(1).min(params.events.max(1));
+    let mut next_seq = vec![1u64; accounts as usize];
+    let mut balance = vec![0i64; accounts as usize];
+    let mut frozen = vec![false; accounts as usize];
+    let mut recent: Vec<Vec<u8>> = Vec::new();
+    let mut delayed: Vec<Option<Vec<u8>>> = vec![None; accounts as usize];
+    let mut lines = 0u64;
+    let mut line = Vec::with_capacity(160);
+    for i in 0..params.events {
+        // Open every account before anything else happens to it.
+        let a = if i < accounts { i } else { rng.below(accounts) };
+        let seq = next_seq[a as usize];
+        next_seq[a as usize] += 1;
+        let ts = BANK_EPOCH_MS + i * 37;
+        line.clear();
+        write!(
+            line,
+            "{{\"id\":\"cmd-{i}\",\"account\":\"ACC-{a:07}\",\"seq\":{seq},\"ts\":{ts},"
+        )?;
+        let b = &mut balance[a as usize];
+        if seq == 1 {
+            write!(
+                line,
+                "\"type\":\"OpenAccount\",\"owner\":\"Owner {a}\",\"currency\":\"EUR\"}}\n"
+            )?;
+        } else if frozen[a as usize] {
+            frozen[a as usize] = rng.below(4) != 0;
+            if frozen[a as usize] {
+                write!(line, "\"type\":\"Deposit\",\"amount\":100}}\n")?; // rejected: frozen
+            } else {
+                write!(line, "\"type\":\"Unfreeze\"}}\n")?;
+            }
+        } else if rng.below(500) == 0 {
+            frozen[a as usize] = true;
+            write!(line, "\"type\":\"Freeze\",\"reason\":\"review\"}}\n")?;
+        } else if rng.below(10) < 6 || *b == 0 {
+            let amount = 1 + rng.below(100_000) as i64;
+            *b += amount;
+            write!(line, "\"type\":\"Deposit\",\"amount\":{amount}}}\n")?;
+        } else {
+            let amount = if rng.below(10) == 0 {
+                *b + 1 + rng.below(1_000) as i64 // more than the balance: rejected
+            } else {
+                1 + rng.below(*b as u64) as i64
+            };
+            if amount <= *b {
+                *b -= amount;
+            }
+            write!(line, "\"type\":\"Withdraw\",\"amount\":{amount}}}\n")?;
+        }
+        let held = delayed[a as usize].take();
+        if seq > 1 && rng.chance(params.reorder_rate) && held.is_none() {
+            delayed[a as usize] = Some(line.clone());
+        } else {
+            out.write_all(&line)?;
+            lines += 1;
+            if let Some(h) = held {
+                out.write_all(&h)?;
+                lines += 1;
+            }
+        }
+        if rng.chance(params.duplicate_rate) {
+            recent.push(line.clone());
+        }
+        if recent.len() >= 8 || (!recent.is_empty() && rng.below(4) == 0) {
+            let d = recent.remove(0);
+            out.write_all(&d)?;
+            lines += 1;
+        }
+    }
+    for d in delayed.into_iter().flatten().chain(recent) {
+        out.write_all(&d)?;
+        lines += 1;
+    }
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +248,37 @@ mod tests {
         assert_eq!(seen.len(), 5_000);
         assert!((150..400).contains(&dups), "{dups}");
         assert!(out_of_order > 100, "{out_of_order}");
+    }
+
+    #[test]
+    fn account_commands_open_first_and_are_deterministic() {
+        let p = BankParams {
+            accounts: 20,
+            events: 2_000,
+            seed: 3,
+            duplicate_rate: 0.0,
+            reorder_rate: 0.0,
+        };
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        assert_eq!(write_account_commands(&p, &mut a).unwrap(), 2_000);
+        write_account_commands(&p, &mut b).unwrap();
+        assert_eq!(a, b);
+        let mut seen = std::collections::HashMap::<String, u64>::new();
+        let mut types = std::collections::BTreeSet::new();
+        for l in String::from_utf8(a).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let acc = v["account"].as_str().unwrap().to_string();
+            let seq = v["seq"].as_u64().unwrap();
+            let ty = v["type"].as_str().unwrap().to_string();
+            assert_eq!(seq == 1, ty == "OpenAccount", "{l}");
+            assert_eq!(seq, seen.get(&acc).copied().unwrap_or(0) + 1, "{l}");
+            seen.insert(acc, seq);
+            types.insert(ty);
+        }
+        assert_eq!(seen.len(), 20);
+        for t in ["OpenAccount", "Deposit", "Withdraw"] {
+            assert!(types.contains(t), "{types:?}");
+        }
     }
 }
