@@ -18,4 +18,5 @@ pub mod router;
 pub mod shard;
 pub mod stage;
 pub mod stats;
+pub mod upcast;
 pub mod workload;

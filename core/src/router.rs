@@ -8,6 +8,7 @@ use crate::decode::{DecodeError, Extractor, Value};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, dead_letter};
 use crate::stats::{DeadReason, Outcomes};
+use crate::upcast::Upcaster;
 
 /// Decodes records and routes them to shard batches.
 pub struct Router {
@@ -20,6 +21,7 @@ pub struct Router {
     inputs: InputNames,
     scratch_arena: Vec<u8>,
     scratch_vals: Vec<Value>,
+    upcaster: Option<Upcaster>,
 }
 
 impl Router {
@@ -50,6 +52,7 @@ impl Router {
             inputs,
             scratch_arena: Vec::new(),
             scratch_vals: vec![Value::Missing; fields.len()],
+            upcaster: p.upcast.as_ref().map(|u| Upcaster::new(u, &fields)),
         }
     }
 
@@ -87,6 +90,24 @@ impl Router {
                 &self.inputs,
                 reason,
                 &e.to_string(),
+                input,
+                offset,
+                b"",
+                None,
+                raw,
+                emit_dead,
+                o,
+            );
+            return None;
+        }
+        if let Some(up) = &self.upcaster
+            && let Err(detail) = up.apply(&mut self.scratch_vals, &mut self.scratch_arena)
+        {
+            dead_letter(
+                dead,
+                &self.inputs,
+                DeadReason::Upcast,
+                &detail,
                 input,
                 offset,
                 b"",

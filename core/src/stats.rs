@@ -29,10 +29,12 @@ pub enum DeadReason {
     Logic,
     /// A command or event type the stage has no handler for.
     UnknownType,
+    /// An upcasting rule failed on the record (bad version field, an expression error).
+    Upcast,
 }
 
 /// Number of [`DeadReason`]s.
-pub const DEAD_REASONS: usize = 9;
+pub const DEAD_REASONS: usize = 10;
 
 impl DeadReason {
     /// Every reason, in index order.
@@ -46,6 +48,7 @@ impl DeadReason {
         DeadReason::ReorderBufferFull,
         DeadReason::Logic,
         DeadReason::UnknownType,
+        DeadReason::Upcast,
     ];
 
     /// Stable snake_case name (used in dead letters and metrics labels).
@@ -60,6 +63,7 @@ impl DeadReason {
             DeadReason::ReorderBufferFull => "reorder_buffer_full",
             DeadReason::Logic => "logic_error",
             DeadReason::UnknownType => "unknown_type",
+            DeadReason::Upcast => "upcast_failed",
         }
     }
 
@@ -73,6 +77,7 @@ impl DeadReason {
             | DeadReason::BadSequence => "decode",
             DeadReason::GapNotFilled | DeadReason::ReorderBufferFull => "sequence",
             DeadReason::Logic | DeadReason::UnknownType => "logic",
+            DeadReason::Upcast => "upcast",
         }
     }
 }

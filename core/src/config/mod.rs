@@ -5,6 +5,7 @@
 //! I/O (`Engine::open`). The reference for every key is `docs/configuration.md`.
 
 mod aggregate;
+mod upcast;
 mod walk;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use aggregate::{
     AggregateConfig, CommandHandler, EmitSpec, EventType, Expr, Rule, StateField, slots,
 };
+pub use upcast::{MAX_UPCAST_STEPS, UpcastConfig, UpcastRule};
 pub use walk::parse_duration;
 use walk::{Cx, Table};
 
@@ -211,6 +213,8 @@ pub struct Pipeline {
     /// The aggregate (commands → events → state), when the pipeline declares one; the
     /// view then shows its state instead of folding `view.fields`.
     pub aggregate: Option<AggregateConfig>,
+    /// Rules that bring old record versions up to date as they are read.
+    pub upcast: Option<UpcastConfig>,
     /// Topic (in the state log) that receives dead letters.
     pub dead_letter_topic: String,
 }
@@ -435,6 +439,11 @@ impl Pipeline {
         };
         r.finish(&mut cx);
 
+        // [upcast]
+        let mut up_table = root.table(&mut cx, "upcast");
+        let upcast = upcast::parse(&mut cx, &mut up_table);
+        up_table.finish(&mut cx);
+
         // [aggregate] (read first: it decides what [view] must hold)
         let mut agg_table = root.table(&mut cx, "aggregate");
         let aggregate = aggregate::parse(&mut cx, &mut agg_table);
@@ -632,6 +641,7 @@ impl Pipeline {
                 fields,
             },
             aggregate,
+            upcast,
             dead_letter_topic,
         })
     }
@@ -664,6 +674,11 @@ impl Pipeline {
         }
         if let Some(a) = &self.aggregate {
             for p in a.referenced_fields() {
+                add(p);
+            }
+        }
+        if let Some(u) = &self.upcast {
+            for p in u.referenced_fields() {
                 add(p);
             }
         }

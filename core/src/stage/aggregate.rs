@@ -133,20 +133,6 @@ impl Env for NoVars {
     }
 }
 
-/// A decoded record field as an expression value (`None`: absent, or an object/array,
-/// which expressions cannot read as a whole).
-#[inline]
-fn field<'a>(ev: &EventView<'a>, slot: usize) -> Option<Val<'a>> {
-    Some(match ev.values[slot] {
-        Value::Missing | Value::Composite => return None,
-        Value::Null => Val::Null,
-        Value::Bool(b) => Val::Bool(b),
-        Value::Int(i) => Val::Int(i),
-        Value::Float(f) => Val::Double(f),
-        v @ Value::Str(..) => Val::str(ev.str(v)?),
-    })
-}
-
 /// State as an expression sees it: the committed fields, overlaid by what the events of
 /// the current command changed so far.
 struct StateView<'a> {
@@ -181,7 +167,7 @@ impl Env for CommandEnv<'_> {
         if s < slots::AGGREGATE_ID {
             Some(self.state.get((s - slots::STATE) as usize))
         } else if s >= slots::CMD {
-            field(&self.ev, self.cmd_slots[(s - slots::CMD) as usize])
+            self.ev.val(self.cmd_slots[(s - slots::CMD) as usize])
         } else if s == slots::AGGREGATE_ID {
             Some(Val::str(self.key))
         } else if s == slots::AGGREGATE_VERSION {

@@ -25,6 +25,21 @@ pub struct EventView<'a> {
 }
 
 impl<'a> EventView<'a> {
+    /// The field in `slot` as an expression value: `None` when absent, or an object or
+    /// array (which expressions cannot read as a whole).
+    #[inline]
+    pub fn val(&self, slot: usize) -> Option<crate::expr::Val<'a>> {
+        use crate::expr::Val;
+        Some(match self.values[slot] {
+            Value::Missing | Value::Composite => return None,
+            Value::Null => Val::Null,
+            Value::Bool(b) => Val::Bool(b),
+            Value::Int(i) => Val::Int(i),
+            Value::Float(f) => Val::Double(f),
+            v @ Value::Str(..) => Val::str(self.str(v)?),
+        })
+    }
+
     /// The string behind a `Value::Str`.
     #[inline]
     pub fn str(&self, v: Value) -> Option<&'a str> {

@@ -1,0 +1,234 @@
+//! `[upcast]`: versioned records, and the rules that bring an old version up to the
+//! current one as it is read (so old logs replay under new code).
+//!
+//! A record's version is its `version_field` (default `schema_version`; absent: version
+//! `default_version`, default 1). A rule `{ type, from, rename, defaults, compute }` turns
+//! version `from` of `type` (every type when `type` is left out) into `from + 1`; rules
+//! chain, v1 → v2 → v3, until none applies. Expressions read the record being upcast as
+//! `event.<path>`, after the rule's renames.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::walk::{self, Cx, Table};
+use super::{Expr, FieldPath};
+use crate::expr::{self, Scope, Slot, Type};
+
+/// Longest chain of rules applied to one record.
+pub const MAX_UPCAST_STEPS: usize = 64;
+
+/// One step: version `from` of `event_type` (or of any type) becomes `from + 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpcastRule {
+    /// The type it applies to; `None`: every type.
+    pub event_type: Option<String>,
+    /// The version it upgrades.
+    pub from: u64,
+    /// `(old path, new path)`: the value moves unless the new path is already set.
+    pub rename: Vec<(FieldPath, FieldPath)>,
+    /// `(path, value)`: set when the path is absent.
+    pub defaults: Vec<(FieldPath, Expr)>,
+    /// `(path, value)`: always set.
+    pub compute: Vec<(FieldPath, Expr)>,
+}
+
+/// A checked `[upcast]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpcastConfig {
+    /// Field naming the record's type.
+    pub type_field: FieldPath,
+    /// Field holding the record's schema version.
+    pub version_field: FieldPath,
+    /// Version of a record without `version_field`.
+    pub default_version: u64,
+    /// The rules, in file order.
+    pub rules: Vec<UpcastRule>,
+    /// Record fields the expressions read: `event.<path>` is slot `index`.
+    pub expr_fields: Vec<FieldPath>,
+}
+
+impl UpcastConfig {
+    /// Every field the decoder must extract for upcasting.
+    pub fn referenced_fields(&self) -> Vec<&FieldPath> {
+        let mut v = vec![&self.type_field, &self.version_field];
+        for r in &self.rules {
+            for (a, b) in &r.rename {
+                v.push(a);
+                v.push(b);
+            }
+            v.extend(r.defaults.iter().chain(&r.compute).map(|(p, _)| p));
+        }
+        v.extend(&self.expr_fields);
+        v
+    }
+}
+
+/// `event.<path>` on demand.
+struct EventVars<'a> {
+    fields: &'a RefCell<Vec<FieldPath>>,
+}
+
+impl Scope for EventVars<'_> {
+    fn resolve(&self, path: &[&str]) -> Option<(Slot, Type)> {
+        match path {
+            ["event", rest @ ..] if !rest.is_empty() => {
+                let fp = FieldPath(rest.iter().map(|s| s.to_string()).collect());
+                let mut f = self.fields.borrow_mut();
+                let i = f.iter().position(|p| *p == fp).unwrap_or_else(|| {
+                    f.push(fp);
+                    f.len() - 1
+                });
+                Some((Slot(i as u32), Type::Dyn))
+            }
+            _ => None,
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        vec!["event".into()]
+    }
+}
+
+fn path_of(
+    cx: &mut Cx<'_>,
+    at: &str,
+    span: Option<std::ops::Range<usize>>,
+    s: &str,
+) -> Option<FieldPath> {
+    FieldPath::parse(s).map_err(|e| cx.error(at, span, e)).ok()
+}
+
+fn exprs(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    key: &str,
+    vars: &EventVars<'_>,
+) -> Vec<(FieldPath, Expr)> {
+    let mut tt = t.table(cx, key);
+    let mut out = Vec::new();
+    for name in tt.keys() {
+        let at = walk::join(&tt.path, &name);
+        let span = tt.raw(&name).map(|v| v.span());
+        let Some(src) = tt.string(cx, &name) else {
+            continue;
+        };
+        let Some(path) = path_of(cx, &at, span.clone(), &name) else {
+            continue;
+        };
+        match expr::compile(&src, vars) {
+            Ok(p) => out.push((
+                path,
+                Expr {
+                    src,
+                    program: Arc::new(p),
+                },
+            )),
+            Err(errors) => {
+                for e in errors {
+                    cx.error(&at, span.clone(), format!("{e} in `{src}`"));
+                }
+            }
+        }
+    }
+    tt.finish(cx);
+    out
+}
+
+/// Reads and checks `[upcast]` (absent: `None`).
+pub(crate) fn parse(cx: &mut Cx<'_>, u: &mut Table<'_, '_>) -> Option<UpcastConfig> {
+    if !u.is_present() {
+        return None;
+    }
+    let type_field = u
+        .field_path(cx, "type_field")
+        .unwrap_or_else(|| FieldPath::parse("type").expect("valid"));
+    let version_field = u
+        .field_path(cx, "version_field")
+        .unwrap_or_else(|| FieldPath::parse("schema_version").expect("valid"));
+    let default_version = u.int(cx, "default_version", 1, i64::MAX).unwrap_or(1) as u64;
+    let fields = RefCell::new(Vec::new());
+    let vars = EventVars { fields: &fields };
+    let mut rules: Vec<UpcastRule> = Vec::new();
+    let tables = u.tables(cx, "rules");
+    if tables.is_empty() {
+        cx.error(
+            &walk::join(&u.path, "rules"),
+            u.span(),
+            "is required: at least one [[upcast.rules]] with `from` and what changes",
+        );
+    }
+    for mut r in tables {
+        let event_type = r.string(cx, "type");
+        let from = r.int(cx, "from", 1, i64::MAX - 1).map(|n| n as u64);
+        if from.is_none() && r.keys().iter().all(|k| k != "from") {
+            cx.error(
+                &walk::join(&r.path, "from"),
+                r.span(),
+                "is required: the version this rule upgrades (to from + 1)",
+            );
+        }
+        let changes_something = r
+            .keys()
+            .iter()
+            .any(|k| matches!(k.as_str(), "rename" | "defaults" | "compute"));
+        let mut rename = Vec::new();
+        let mut rt = r.table(cx, "rename");
+        for old in rt.keys() {
+            let at = walk::join(&rt.path, &old);
+            let span = rt.raw(&old).map(|v| v.span());
+            let Some(new) = rt.string(cx, &old) else {
+                continue;
+            };
+            if let (Some(o), Some(n)) = (
+                path_of(cx, &at, span.clone(), &old),
+                path_of(cx, &at, span, &new),
+            ) {
+                rename.push((o, n));
+            }
+        }
+        rt.finish(cx);
+        let defaults = exprs(cx, &mut r, "defaults", &vars);
+        let compute = exprs(cx, &mut r, "compute", &vars);
+        if !changes_something {
+            cx.error(
+                &r.path,
+                r.span(),
+                "changes nothing: give it `rename`, `defaults` or `compute`",
+            );
+        }
+        let span = r.span();
+        let path = r.path.clone();
+        r.finish(cx);
+        let Some(from) = from else { continue };
+        if rules
+            .iter()
+            .any(|x| x.from == from && x.event_type == event_type)
+        {
+            cx.error(
+                &path,
+                span,
+                format!(
+                    "a second rule for version {from} of {}",
+                    event_type
+                        .as_deref()
+                        .map_or("every type".to_string(), |t| format!("\"{t}\""))
+                ),
+            );
+            continue;
+        }
+        rules.push(UpcastRule {
+            event_type,
+            from,
+            rename,
+            defaults,
+            compute,
+        });
+    }
+    Some(UpcastConfig {
+        type_field,
+        version_field,
+        default_version,
+        rules,
+        expr_fields: fields.into_inner(),
+    })
+}
