@@ -214,6 +214,10 @@ fn run(cmd: LogCmd) -> Res {
             if compact {
                 let mut obj = serde_json::Map::new();
                 for (k, v) in latest {
+                    if v == b"null" {
+                        // A tombstone: the key was deleted (e.g. by a projection's `delete`).
+                        continue;
+                    }
                     let value: serde_json::Value =
                         serde_json::from_slice(&v).unwrap_or_else(|_| {
                             serde_json::Value::String(String::from_utf8_lossy(&v).into_owned())

@@ -16,14 +16,24 @@ use crate::{micros, rate, thousands};
 pub fn validate(path: &Path) -> ExitCode {
     match Pipeline::load(path) {
         Ok(p) => {
-            let logic = match &p.aggregate {
-                None => format!(
+            let logic = match (&p.aggregate, &p.projections) {
+                (_, Some(ps)) => format!(
+                    "{} projection{} ({})",
+                    ps.list.len(),
+                    plural(ps.list.len()),
+                    ps.list
+                        .iter()
+                        .map(|x| x.topic.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                (None, None) => format!(
                     "view '{}' with {} field{}",
                     p.view.topic,
                     p.view.fields.len(),
                     plural(p.view.fields.len())
                 ),
-                Some(a) => format!(
+                (Some(a), None) => format!(
                     "aggregate '{}' with {} command{} and {} event type{}, read model '{}'",
                     a.name,
                     a.commands.len(),
@@ -65,7 +75,7 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
         }
     };
     for s in &p.sources {
-        match onceflow_connectors::files::load_if_missing(s, &p.key.field) {
+        match onceflow_connectors::files::load_if_missing(s, p.key.field.as_ref()) {
             Ok(Some(r)) => eprintln!(
                 "onceflow: loaded {} records from {} into {} (topic '{}')",
                 thousands(r.records),
@@ -137,6 +147,13 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
                     "  (UNBALANCED: please report this)"
                 }
             );
+            if st.delivery_errors > 0 {
+                println!(
+                    "  errors    {} projection update{} failed and were dead-lettered (the records themselves were processed)",
+                    thousands(st.delivery_errors),
+                    plural(st.delivery_errors as usize)
+                );
+            }
             if st.rejected > 0 {
                 println!(
                     "  rejected  {} of the processed commands were rejected by a rule (see the rejections topic)",
@@ -175,9 +192,15 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
                 ));
             }
             println!("{line}");
-            let topics = match &p.aggregate {
-                None => format!("'{}'", p.view.topic),
-                Some(a) => format!(
+            let topics = match (&p.aggregate, &p.projections) {
+                (_, Some(ps)) => ps
+                    .list
+                    .iter()
+                    .map(|x| format!("'{}'", x.topic))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                (None, None) => format!("'{}'", p.view.topic),
+                (Some(a), None) => format!(
                     "'{}', '{}' and '{}'",
                     a.events_topic, a.rejections_topic, p.view.topic
                 ),
@@ -198,10 +221,14 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
                     thousands(p.reorder.window)
                 );
             }
+            let view_topic = match &p.projections {
+                Some(ps) => ps.list.first().map_or("", |x| x.topic.as_str()),
+                None => p.view.topic.as_str(),
+            };
             println!(
                 "  view      onceflow log read {} --topic {} --compact",
                 p.state_dir.display(),
-                p.view.topic
+                view_topic
             );
             ExitCode::SUCCESS
         }

@@ -21,7 +21,13 @@ pub struct Event {
     pub seq: u64,
     /// Raw record bytes in the arena (for dead letters).
     pub raw: (u32, u32),
+    /// In a projection pipeline, the projection this delivery is for (the record itself
+    /// was counted by the router); [`RECORD`] otherwise.
+    pub target: u32,
 }
+
+/// [`Event::target`] of an ordinary record (not a projection delivery).
+pub const RECORD: u32 = u32::MAX;
 
 /// Events for one shard, with their field values and an arena for their bytes.
 #[derive(Debug, Default)]

@@ -21,7 +21,7 @@ use crate::log::{
 };
 use crate::router::Router;
 use crate::shard::{InputNames, ShardCore, ShardPart, ShardSettings};
-use crate::stage::{Aggregate, Fold, Stage};
+use crate::stage::{Aggregate, Fold, Projections, Stage};
 use crate::stats::{Outcomes, Stats, StatsSnapshot};
 
 /// Events per batch sent to a shard.
@@ -137,9 +137,14 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs a pipeline with the stage it declares: its `[aggregate]`, else the fold of `view.fields`.
+/// Runs a pipeline with the stage it declares: its `[[projections]]`, its `[aggregate]`,
+/// else the fold of `view.fields`.
 pub fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
     let slots = p.referenced_fields();
+    if let Some(ps) = &p.projections {
+        let stage = Projections::new(ps, &slots).map_err(EngineError::Incompatible)?;
+        return run_with_stage(p, Arc::new(stage), opts);
+    }
     match &p.aggregate {
         Some(a) => {
             let stage = Aggregate::new(a, &slots).map_err(EngineError::Incompatible)?;
@@ -199,13 +204,18 @@ pub fn run_with_stage<S: Stage>(
             )));
         }
     }
-    let view_topic = output_topic(
-        &mut writer,
-        p,
-        &p.view.topic,
-        p.view.partitions,
-        "view.partitions",
-    )?;
+    // A projection pipeline has no view topic of its own: each projection has one.
+    let view_topic = if p.view.topic.is_empty() {
+        None
+    } else {
+        Some(output_topic(
+            &mut writer,
+            p,
+            &p.view.topic,
+            p.view.partitions,
+            "view.partitions",
+        )?)
+    };
     let stage_topics = stage
         .outputs()
         .iter()
@@ -401,6 +411,7 @@ fn route_loop(
     stats: &Stats,
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
+    let fan_out = p.projections.is_some();
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
     let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
@@ -472,11 +483,17 @@ fn route_loop(
                         &mut dead,
                         !replaying,
                         &mut o,
-                    ) && batches[s].events.len() >= BATCH_EVENTS
-                    {
-                        let full = std::mem::replace(&mut batches[s], take_batch(pool, replaying));
-                        if shard_txs[s].send(ShardMsg::Batch(full)).is_err() {
-                            return Ok(recovery);
+                    ) {
+                        // A projection record may have gone to several shards.
+                        let sent_to = if fan_out { 0..n } else { s..s + 1 };
+                        for s in sent_to {
+                            if batches[s].events.len() >= BATCH_EVENTS {
+                                let full =
+                                    std::mem::replace(&mut batches[s], take_batch(pool, replaying));
+                                if shard_txs[s].send(ShardMsg::Batch(full)).is_err() {
+                                    return Ok(recovery);
+                                }
+                            }
                         }
                     }
                 }
@@ -634,7 +651,7 @@ fn shard_loop<S: Stage>(
 
 /// The state-log topics an epoch's records go to.
 struct Topics {
-    view: TopicId,
+    view: Option<TopicId>,
     dead: TopicId,
     /// One per [`Stage::outputs`] entry.
     stage: Vec<TopicId>,
@@ -710,9 +727,11 @@ fn commit_epoch(
     let mut outputs = 0u64;
     let mut dead = 0u64;
     for part in &ep.shards {
-        for (partition, key, value) in part.outputs.iter() {
-            tx.append(topics.view, partition, key, value);
-            outputs += 1;
+        if let Some(view) = topics.view {
+            for (partition, key, value) in part.outputs.iter() {
+                tx.append(view, partition, key, value);
+                outputs += 1;
+            }
         }
         for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
             for (partition, key, value) in buf.iter() {

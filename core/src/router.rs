@@ -2,18 +2,29 @@
 //! append the event to that shard's batch. Records that cannot be routed become dead
 //! letters here. No threads or channels in this file (see `engine`).
 
-use crate::batch::{Event, EventBatch, OutBuf};
-use crate::config::Pipeline;
+use std::sync::Arc;
+
+use crate::batch::{Event, EventBatch, OutBuf, RECORD};
+use crate::config::{FieldPath, Pipeline, ProjectionsConfig, projection_slots};
 use crate::decode::{DecodeError, Extractor, Value};
+use crate::expr::{Env, Program, Slot, Val};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, dead_letter};
+use crate::stage::EventView;
 use crate::stats::{DeadReason, Outcomes};
 use crate::upcast::Upcaster;
+
+/// Where the key of an event is: a string of the decoded record, or bytes of its own.
+enum KeyAt<'a> {
+    Scratch(u32, u32),
+    Bytes(&'a [u8]),
+}
 
 /// Decodes records and routes them to shard batches.
 pub struct Router {
     extractor: Extractor,
-    key_slot: usize,
+    /// Slot of `[key] field` (absent in a projection pipeline).
+    key_slot: Option<usize>,
     key_name: String,
     seq_slot: Option<usize>,
     seq_name: String,
@@ -22,6 +33,57 @@ pub struct Router {
     scratch_arena: Vec<u8>,
     scratch_vals: Vec<Value>,
     upcaster: Option<Upcaster>,
+    projections: Option<ProjectionRouting>,
+    /// Keys computed for the projections of the current record.
+    targets: Vec<(u32, Vec<u8>)>,
+}
+
+/// How a projection pipeline routes: every projection's `when` and `key`.
+struct ProjectionRouting {
+    list: Vec<(String, Option<Arc<Program>>, Arc<Program>)>,
+    /// Decoder slot of each `event.<path>`.
+    event_slots: Vec<usize>,
+}
+
+impl ProjectionRouting {
+    fn new(ps: &ProjectionsConfig, fields: &[FieldPath]) -> Self {
+        ProjectionRouting {
+            list: ps
+                .list
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.when.as_ref().map(|w| w.program.clone()),
+                        p.key.program.clone(),
+                    )
+                })
+                .collect(),
+            event_slots: ps
+                .event_fields
+                .iter()
+                .map(|e| {
+                    fields
+                        .iter()
+                        .position(|f| f == e)
+                        .expect("event fields are referenced")
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `event.<path>` of the record being routed.
+struct RecordEnv<'a> {
+    ev: EventView<'a>,
+    event_slots: &'a [usize],
+}
+
+impl Env for RecordEnv<'_> {
+    fn get(&self, slot: Slot) -> Option<Val<'_>> {
+        let j = slot.0.checked_sub(projection_slots::EVENT)? as usize;
+        self.ev.val(*self.event_slots.get(j)?)
+    }
 }
 
 impl Router {
@@ -36,11 +98,22 @@ impl Router {
         });
         Router {
             extractor: Extractor::new(&fields),
-            key_slot: fields
-                .iter()
-                .position(|f| *f == p.key.field)
-                .expect("key is referenced"),
-            key_name: p.key.field.to_string(),
+            key_slot: p.key.field.as_ref().map(|k| {
+                fields
+                    .iter()
+                    .position(|f| f == k)
+                    .expect("key is referenced")
+            }),
+            key_name: p
+                .key
+                .field
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            projections: p
+                .projections
+                .as_ref()
+                .map(|ps| ProjectionRouting::new(ps, &fields)),
             seq_slot,
             seq_name: p
                 .key
@@ -53,6 +126,7 @@ impl Router {
             scratch_arena: Vec::new(),
             scratch_vals: vec![Value::Missing; fields.len()],
             upcaster: p.upcast.as_ref().map(|u| Upcaster::new(u, &fields)),
+            targets: Vec::new(),
         }
     }
 
@@ -118,7 +192,10 @@ impl Router {
             );
             return None;
         }
-        let key_val = self.scratch_vals[self.key_slot];
+        if self.projections.is_some() {
+            return self.route_projections(input, offset, ts_ms, raw, batches, dead, emit_dead, o);
+        }
+        let key_val = self.scratch_vals[self.key_slot.expect("a keyed pipeline")];
         let mut int_key = [0u8; 20];
         let key: &[u8] = match key_val {
             Value::Str(s, l) if l > 0 => &self.scratch_arena[s as usize..(s + l) as usize],
@@ -214,22 +291,51 @@ impl Router {
         };
         let key_hash = stable_hash(key);
         let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
-        let b = &mut batches[shard];
-        // Copy the event into the shard's batch, rebasing string ranges.
+        let key_range = match key_val {
+            Value::Str(s, l) => KeyAt::Scratch(s, l),
+            _ => KeyAt::Bytes(key),
+        };
+        Self::push(
+            &self.scratch_arena,
+            &self.scratch_vals,
+            &mut batches[shard],
+            key_range,
+            key_hash,
+            seq,
+            RECORD,
+            (input, offset, ts_ms, raw),
+        );
+        Some(shard)
+    }
+
+    /// Copies the decoded record into a shard's batch, rebasing string ranges.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn push(
+        scratch_arena: &[u8],
+        scratch_vals: &[Value],
+        b: &mut EventBatch,
+        key: KeyAt<'_>,
+        key_hash: u64,
+        seq: u64,
+        target: u32,
+        (input, offset, ts_ms, raw): (u32, u64, u64, &[u8]),
+    ) {
+        // hot path
         let base = b.arena.len() as u32;
-        b.arena.extend_from_slice(&self.scratch_arena);
-        for v in &self.scratch_vals {
+        b.arena.extend_from_slice(scratch_arena);
+        for v in scratch_vals {
             b.values.push(match *v {
                 Value::Str(s, l) => Value::Str(s + base, l),
                 other => other,
             });
         }
-        let key_range = match key_val {
-            Value::Str(s, l) => (s + base, l),
-            _ => {
+        let key_range = match key {
+            KeyAt::Scratch(s, l) => (s + base, l),
+            KeyAt::Bytes(k) => {
                 let at = b.arena.len() as u32;
-                b.arena.extend_from_slice(key);
-                (at, key.len() as u32)
+                b.arena.extend_from_slice(k);
+                (at, k.len() as u32)
             }
         };
         let raw_at = b.arena.len() as u32;
@@ -242,8 +348,104 @@ impl Router {
             key: key_range,
             seq,
             raw: (raw_at, raw.len() as u32),
+            target,
         });
-        Some(shard)
+    }
+
+    /// A projection pipeline: computes every projection's row key for the record and
+    /// sends one delivery per projection that takes it. The record is counted here
+    /// (processed, or dead-lettered when a `when` or `key` fails); deliveries are not.
+    #[allow(clippy::too_many_arguments)]
+    fn route_projections(
+        &mut self,
+        input: u32,
+        offset: u64,
+        ts_ms: u64,
+        raw: &[u8],
+        batches: &mut [EventBatch],
+        dead: &mut OutBuf,
+        emit_dead: bool,
+        o: &mut Outcomes,
+    ) -> Option<usize> {
+        let pr = self.projections.as_ref().expect("projection pipeline");
+        let env = RecordEnv {
+            ev: EventView {
+                values: &self.scratch_vals,
+                arena: &self.scratch_arena,
+            },
+            event_slots: &pr.event_slots,
+        };
+        self.targets.clear();
+        let mut failure = None;
+        for (i, (name, when, key)) in pr.list.iter().enumerate() {
+            if let Some(w) = when {
+                match w.eval_bool(&env) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        failure = Some(format!("projection '{name}': when `{}`: {e}", w.source()));
+                        break;
+                    }
+                }
+            }
+            // Row keys are namespaced by projection: two projections may use the same key.
+            let mut k = (i as u16).to_be_bytes().to_vec();
+            match key.eval(&env) {
+                Ok(Val::Str(s)) if !s.is_empty() => k.extend_from_slice(s.as_bytes()),
+                Ok(Val::Int(n)) => k.extend_from_slice(n.to_string().as_bytes()),
+                Ok(other) => {
+                    failure = Some(format!(
+                        "projection '{name}': key `{}` must give a non-empty string or an int, got {}",
+                        key.source(),
+                        if matches!(other, Val::Str(_)) {
+                            "an empty string".to_string()
+                        } else {
+                            other.type_of().to_string()
+                        }
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!("projection '{name}': key `{}`: {e}", key.source()));
+                    break;
+                }
+            }
+            self.targets.push((i as u32, k));
+        }
+        if let Some(detail) = failure {
+            dead_letter(
+                dead,
+                &self.inputs,
+                DeadReason::BadKey,
+                &detail,
+                input,
+                offset,
+                b"",
+                None,
+                raw,
+                emit_dead,
+                o,
+            );
+            return None;
+        }
+        o.processed += 1;
+        let mut last = None;
+        for (target, key) in &self.targets {
+            let key_hash = stable_hash(key);
+            let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
+            Self::push(
+                &self.scratch_arena,
+                &self.scratch_vals,
+                &mut batches[shard],
+                KeyAt::Bytes(key),
+                key_hash,
+                0,
+                *target,
+                (input, offset, ts_ms, raw),
+            );
+            last = Some(shard);
+        }
+        last
     }
 
     fn str_of(&self, v: Value) -> &[u8] {

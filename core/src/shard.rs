@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-use crate::batch::{EventBatch, OutBuf, write_json_str, write_uint};
+use crate::batch::{EventBatch, OutBuf, RECORD, write_json_str, write_uint};
 use crate::config::{EmitMode, Pipeline};
 use crate::decode::Value;
 use crate::hash::{PARTITION_SALT, bucket};
@@ -226,7 +226,7 @@ impl<S: Stage> ShardCore<S> {
                     rendered_gen: 0,
                     rendered_rec: 0,
                     held: 0,
-                    state: self.stage.new_state(),
+                    state: self.stage.new_state(key),
                 });
                 v.insert(i);
                 i
@@ -250,7 +250,9 @@ impl<S: Stage> ShardCore<S> {
             };
             let raw = batch.bytes(ev.raw);
             if !self.cfg.sequenced {
-                self.apply(idx, view, ev.input, ev.offset, 0, raw, emit, &mut o);
+                self.apply(
+                    idx, view, ev.input, ev.offset, 0, raw, emit, ev.target, &mut o,
+                );
                 continue;
             }
             let entry = &mut self.entries[idx as usize];
@@ -308,7 +310,9 @@ impl<S: Stage> ShardCore<S> {
                     self.expiry[ev.input as usize].push_back((ev.offset, idx, ev.seq));
                 }
             } else {
-                self.apply(idx, view, ev.input, ev.offset, ev.seq, raw, emit, &mut o);
+                self.apply(
+                    idx, view, ev.input, ev.offset, ev.seq, raw, emit, ev.target, &mut o,
+                );
                 // Release held successors that are now in order.
                 loop {
                     let entry = &mut self.entries[idx as usize];
@@ -327,7 +331,9 @@ impl<S: Stage> ShardCore<S> {
                         arena: &h.arena,
                     };
                     let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
-                    self.apply(idx, view, h.input, h.offset, h.seq, raw, emit, &mut o);
+                    self.apply(
+                        idx, view, h.input, h.offset, h.seq, raw, emit, RECORD, &mut o,
+                    );
                 }
             }
             self.expire(ev.input, ev.offset, emit, &mut o);
@@ -347,6 +353,7 @@ impl<S: Stage> ShardCore<S> {
         seq: u64,
         raw: &[u8],
         emit: bool,
+        target: u32,
         o: &mut Outcomes,
     ) {
         // hot path
@@ -356,6 +363,7 @@ impl<S: Stage> ShardCore<S> {
             // bad record does not stall its key forever.
             entry.next_seq = seq + 1;
         }
+        let delivery = target != RECORD;
         let (source, partition) = &self.inputs[input as usize];
         // A refused record must leave no output behind, whatever the stage wrote.
         let marks: smallvec::SmallVec<[(usize, usize); 4]> =
@@ -366,13 +374,16 @@ impl<S: Stage> ShardCore<S> {
             source,
             partition: *partition,
             offset,
+            target,
             outs: &mut self.emitted,
             partitions: &self.emitted_partitions,
             enabled: emit,
         };
         match self.stage.apply(&mut entry.state, view, &mut out) {
             Ok(applied) => {
-                o.processed += 1;
+                if !delivery {
+                    o.processed += 1;
+                }
                 entry.version = if self.cfg.sequenced {
                     seq
                 } else {
@@ -385,7 +396,17 @@ impl<S: Stage> ShardCore<S> {
                     return;
                 }
                 match self.cfg.emit {
-                    EmitMode::PerEvent => render(&*self.stage, &self.cfg, entry, &mut self.outputs),
+                    EmitMode::PerEvent => {
+                        let (out, parts) = view_buf(
+                            &*self.stage,
+                            &self.cfg,
+                            &entry.state,
+                            &mut self.outputs,
+                            &mut self.emitted,
+                            &self.emitted_partitions,
+                        );
+                        render(&*self.stage, entry, out, parts);
+                    }
                     EmitMode::PerEpoch => {
                         if !entry.dirty {
                             entry.dirty = true;
@@ -398,7 +419,8 @@ impl<S: Stage> ShardCore<S> {
                 for (buf, mark) in self.emitted.iter_mut().zip(marks) {
                     buf.truncate(mark);
                 }
-                let key = entry.key.as_bytes();
+                let key = &entry.key.as_bytes()[self.stage.key_prefix_len()..];
+                let mut scratch = Outcomes::default();
                 dead_letter(
                     &mut self.dead,
                     &self.inputs,
@@ -410,8 +432,12 @@ impl<S: Stage> ShardCore<S> {
                     self.cfg.sequenced.then_some(seq),
                     raw,
                     emit,
-                    o,
+                    if delivery { &mut scratch } else { o },
                 );
+                if delivery {
+                    // The record was counted by the router; this projection's update failed.
+                    o.delivery_errors += 1;
+                }
             }
         }
     }
@@ -479,14 +505,21 @@ impl<S: Stage> ShardCore<S> {
             let idx = self.dirty[j];
             let entry = &mut self.entries[idx as usize];
             entry.dirty = false;
+            let (out, parts) = view_buf(
+                &*self.stage,
+                &self.cfg,
+                &entry.state,
+                &mut self.outputs,
+                &mut self.emitted,
+                &self.emitted_partitions,
+            );
             if entry.rendered_gen == self.generation {
-                self.outputs.recs[entry.rendered_rec as usize].partition = SUPERSEDED;
+                out.recs[entry.rendered_rec as usize].partition = SUPERSEDED;
                 self.superseded += 1;
             }
             entry.rendered_gen = self.generation;
-            entry.rendered_rec =
-                u32::try_from(self.outputs.recs.len()).expect("< 2^32 upserts an epoch");
-            render(&*self.stage, &self.cfg, entry, &mut self.outputs);
+            entry.rendered_rec = u32::try_from(out.recs.len()).expect("< 2^32 upserts an epoch");
+            render(&*self.stage, entry, out, parts);
         }
         self.dirty.drain(..n);
     }
@@ -498,7 +531,9 @@ impl<S: Stage> ShardCore<S> {
     pub fn barrier(&mut self, epoch: u64, spare: Option<OutBuf>) -> ShardPart {
         self.render_ahead(usize::MAX);
         if self.superseded > 0 {
-            self.outputs.recs.retain(|r| r.partition != SUPERSEDED);
+            for b in std::iter::once(&mut self.outputs).chain(self.emitted.iter_mut()) {
+                b.recs.retain(|r| r.partition != SUPERSEDED);
+            }
             self.superseded = 0;
         }
         self.generation = self.generation.wrapping_add(1);
@@ -548,12 +583,7 @@ impl<S: Stage> ShardCore<S> {
     pub fn render_key(&self, key: &[u8]) -> Option<String> {
         let idx = self.find(crate::hash::stable_hash(key), key)?;
         let mut out = OutBuf::default();
-        render(
-            &*self.stage,
-            &self.cfg,
-            &self.entries[idx as usize],
-            &mut out,
-        );
+        render(&*self.stage, &self.entries[idx as usize], &mut out, 1);
         out.iter()
             .next()
             .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
@@ -589,11 +619,32 @@ fn take_held(
     Some(h)
 }
 
-fn render<S: Stage>(stage: &S, cfg: &ShardSettings, entry: &KeyEntry<S::State>, out: &mut OutBuf) {
-    let partition = bucket(entry.hash, PARTITION_SALT, cfg.view_partitions);
-    out.push_with(partition, entry.key.as_bytes(), |buf| {
+/// The buffer (and its topic's partition count) a key's read model goes to.
+fn view_buf<'a, S: Stage>(
+    stage: &S,
+    cfg: &ShardSettings,
+    state: &S::State,
+    outputs: &'a mut OutBuf,
+    emitted: &'a mut [OutBuf],
+    emitted_partitions: &[u32],
+) -> (&'a mut OutBuf, u32) {
+    match stage.view_output(state) {
+        Some(i) => (&mut emitted[i], emitted_partitions[i]),
+        None => (outputs, cfg.view_partitions),
+    }
+}
+
+/// Writes the key's upsert `{"key":K,"version":V,<fields>}`, or `null` when deleted.
+fn render<S: Stage>(stage: &S, entry: &KeyEntry<S::State>, out: &mut OutBuf, partitions: u32) {
+    let key = &entry.key.as_bytes()[stage.key_prefix_len()..];
+    let partition = bucket(entry.hash, PARTITION_SALT, partitions);
+    if stage.is_deleted(&entry.state) {
+        out.push_with(partition, key, |buf| buf.extend_from_slice(b"null"));
+        return;
+    }
+    out.push_with(partition, key, |buf| {
         buf.extend_from_slice(b"{\"key\":");
-        write_json_str(buf, entry.key.as_bytes());
+        write_json_str(buf, key);
         buf.extend_from_slice(b",\"version\":");
         write_uint(buf, stage.version(&entry.state).unwrap_or(entry.version));
         let mark = buf.len();

@@ -97,6 +97,8 @@ pub struct Outcomes {
     pub dead: [u64; DEAD_REASONS],
     /// Change in the number of held records.
     pub held_delta: i64,
+    /// Projection updates that failed (dead-lettered; the record itself was processed).
+    pub delivery_errors: u64,
 }
 
 impl Outcomes {
@@ -117,6 +119,8 @@ pub struct Stats {
     pub processed: AtomicU64,
     /// Of those, commands rejected by a rule.
     pub rejected: AtomicU64,
+    /// Projection updates that failed and were dead-lettered.
+    pub delivery_errors: AtomicU64,
     /// Records dropped as duplicates.
     pub duplicates: AtomicU64,
     /// Records dead-lettered, by reason.
@@ -155,6 +159,7 @@ impl Default for Stats {
             replayed: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            delivery_errors: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             dead: Default::default(),
             held: AtomicI64::new(0),
@@ -186,6 +191,10 @@ impl Stats {
         if o.rejected > 0 {
             self.rejected.fetch_add(o.rejected, Relaxed);
             metrics::counter!("onceflow_commands_rejected_total").increment(o.rejected);
+        }
+        if o.delivery_errors > 0 {
+            self.delivery_errors.fetch_add(o.delivery_errors, Relaxed);
+            metrics::counter!("onceflow_projection_errors_total").increment(o.delivery_errors);
         }
         if o.duplicates > 0 {
             self.duplicates.fetch_add(o.duplicates, Relaxed);
@@ -239,6 +248,7 @@ impl Stats {
             replayed: self.replayed.load(Relaxed),
             processed: self.processed.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            delivery_errors: self.delivery_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             dead,
             held: self.held.load(Relaxed).max(0) as u64,
@@ -268,6 +278,8 @@ pub struct StatsSnapshot {
     pub processed: u64,
     /// See [`Stats::rejected`].
     pub rejected: u64,
+    /// See [`Stats::delivery_errors`].
+    pub delivery_errors: u64,
     /// See [`Stats::duplicates`].
     pub duplicates: u64,
     /// See [`Stats::dead`].

@@ -110,7 +110,8 @@ impl Upcaster {
             }
         };
         let start = version;
-        for _ in 0..MAX_UPCAST_STEPS {
+        let last = start.saturating_add(MAX_UPCAST_STEPS as u64);
+        while version < last {
             let ty = match vals[self.type_slot] {
                 Value::Str(s, l) => Some(&arena[s as usize..(s + l) as usize]),
                 _ => None,

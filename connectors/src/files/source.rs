@@ -131,7 +131,7 @@ pub fn append_lines(
 /// the topic already exists (a second run finds it loaded).
 pub fn load_if_missing(
     source: &SourceConfig,
-    key: &FieldPath,
+    key: Option<&FieldPath>,
 ) -> Result<Option<AppendReport>, FilesError> {
     let Some(file) = &source.load else {
         return Ok(None);
@@ -146,7 +146,7 @@ pub fn load_if_missing(
     let opts = AppendOptions {
         topic: source.topic.clone(),
         partitions: source.load_partitions,
-        key: Some(key.clone()),
+        key: key.cloned(),
         batch: 100_000,
         log: LogOptions::default(),
     };

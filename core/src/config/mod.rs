@@ -5,6 +5,7 @@
 //! I/O (`Engine::open`). The reference for every key is `docs/configuration.md`.
 
 mod aggregate;
+mod projection;
 mod upcast;
 mod walk;
 
@@ -14,6 +15,10 @@ use std::time::Duration;
 
 pub use aggregate::{
     AggregateConfig, CommandHandler, EmitSpec, EventType, Expr, Rule, StateField, slots,
+};
+pub use projection::{
+    Handler, MAX_PROJECTIONS, ProjectionConfig, ProjectionsConfig, RowField,
+    slots as projection_slots,
 };
 pub use upcast::{MAX_UPCAST_STEPS, UpcastConfig, UpcastRule};
 pub use walk::parse_duration;
@@ -122,8 +127,9 @@ pub struct SourceConfig {
 /// How records are keyed and ordered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyConfig {
-    /// Field holding the key (string or integer).
-    pub field: FieldPath,
+    /// Field holding the key (string or integer). `None` only in a projection pipeline,
+    /// where each projection computes its own row key.
+    pub field: Option<FieldPath>,
     /// Field holding the per-key sequence number; `None` turns sequence checks off.
     pub sequence: Option<FieldPath>,
     /// The first sequence number of every key.
@@ -215,6 +221,8 @@ pub struct Pipeline {
     pub aggregate: Option<AggregateConfig>,
     /// Rules that bring old record versions up to date as they are read.
     pub upcast: Option<UpcastConfig>,
+    /// Read models keyed by expressions (the pipeline's logic when present).
+    pub projections: Option<ProjectionsConfig>,
     /// Topic (in the state log) that receives dead letters.
     pub dead_letter_topic: String,
 }
@@ -401,9 +409,13 @@ impl Pipeline {
             }
         }
 
+        // [[projections]] (read before [key] and [view]: a projection pipeline needs neither)
+        let projections = projection::parse(&mut cx, &mut root);
+        let has_projections = projections.is_some();
+
         // [key]
         let mut k = root.table(&mut cx, "key");
-        if !k.is_present() {
+        if !k.is_present() && !has_projections {
             cx.error(
                 "key",
                 None,
@@ -411,7 +423,11 @@ impl Pipeline {
             );
         }
         let key_field = k.field_path(&mut cx, "field");
-        if k.is_present() && key_field.is_none() && k.keys().iter().all(|x| x != "field") {
+        if k.is_present()
+            && !has_projections
+            && key_field.is_none()
+            && k.keys().iter().all(|x| x != "field")
+        {
             cx.error(
                 "key.field",
                 k.span(),
@@ -419,6 +435,13 @@ impl Pipeline {
             );
         }
         let sequence = k.field_path(&mut cx, "sequence");
+        if has_projections && sequence.is_some() {
+            cx.error(
+                "key.sequence",
+                k.span(),
+                "sequence checks need one key per record; projections route each record by their own keys (their input is an exactly-once events topic): remove it",
+            );
+        }
         let sequence_start = k
             .int(&mut cx, "sequence_start", 0, i64::MAX)
             .map(|n| n as u64)
@@ -450,16 +473,34 @@ impl Pipeline {
         let has_aggregate = agg_table.is_present();
         agg_table.finish(&mut cx);
 
+        if has_aggregate && has_projections {
+            cx.error(
+                "projections",
+                None,
+                "a pipeline has one logic stage: put the projections in a second pipeline whose source is the aggregate's events topic",
+            );
+        }
+
         // [view]
         let mut v = root.table(&mut cx, "view");
-        if !v.is_present() && !has_aggregate {
+        if !v.is_present() && !has_aggregate && !has_projections {
             cx.error(
                 "view",
                 None,
                 "the [view] table is required: the read model this pipeline folds per key (or declare an [aggregate])",
             );
         }
-        let view_topic = if has_aggregate {
+        let view_topic = if has_projections {
+            if v.keys().iter().any(|k| k == "topic" || k == "partitions") {
+                cx.error(
+                    "view",
+                    v.span(),
+                    "each projection writes its own topic: in a projection pipeline [view] takes only `emit`",
+                );
+            }
+            let _ = (v.raw("topic"), v.raw("partitions"));
+            Some(String::new())
+        } else if has_aggregate {
             let default = format!(
                 "{}_state",
                 aggregate.as_ref().map_or("aggregate", |a| a.name.as_str())
@@ -469,6 +510,7 @@ impl Pipeline {
             v.required_string(&mut cx, "topic")
         };
         if let Some(t) = &view_topic
+            && !t.is_empty()
             && !valid_name(t)
         {
             cx.error(
@@ -490,6 +532,13 @@ impl Pipeline {
         };
         let mut f = v.table(&mut cx, "fields");
         let mut fields = Vec::new();
+        if has_projections && f.is_present() {
+            cx.error(
+                "view.fields",
+                f.span(),
+                "a projection pipeline declares its fields per projection: remove view.fields",
+            );
+        }
         if has_aggregate && f.is_present() {
             cx.error(
                 "view.fields",
@@ -497,7 +546,7 @@ impl Pipeline {
                 "a pipeline with an [aggregate] shows the aggregate's state as its view; remove view.fields (projections come with their own tables)",
             );
         }
-        if v.is_present() && !f.is_present() && !has_aggregate {
+        if v.is_present() && !f.is_present() && !has_aggregate && !has_projections {
             cx.error("view.fields", v.span(), "is required: at least one output field, e.g. balance = { op = \"sum\", field = \"amount\" }");
         }
         for fname in f.keys() {
@@ -599,6 +648,18 @@ impl Pipeline {
         if view_topic.as_deref() == Some(dead_letter_topic.as_str()) {
             cx.error("dead_letter.topic", d.span(), "must differ from view.topic");
         }
+        if let Some(ps) = &projections {
+            for (i, pr) in ps.list.iter().enumerate() {
+                if pr.topic == dead_letter_topic || ps.list[..i].iter().any(|q| q.topic == pr.topic)
+                {
+                    cx.error(
+                        &format!("projections[{i}].topic"),
+                        None,
+                        format!("\"{}\" is already used by another output: every projection needs its own topic", pr.topic),
+                    );
+                }
+            }
+        }
         if let Some(a) = &aggregate {
             for (what, t) in [
                 ("events_topic", &a.events_topic),
@@ -629,7 +690,7 @@ impl Pipeline {
             fsync,
             sources,
             key: KeyConfig {
-                field: key_field.expect("checked"),
+                field: key_field,
                 sequence,
                 sequence_start,
             },
@@ -642,6 +703,7 @@ impl Pipeline {
             },
             aggregate,
             upcast,
+            projections,
             dead_letter_topic,
         })
     }
@@ -655,7 +717,9 @@ impl Pipeline {
                 out.push(p.clone());
             }
         };
-        add(&self.key.field);
+        if let Some(k) = &self.key.field {
+            add(k);
+        }
         if let Some(s) = &self.key.sequence {
             add(s);
         }
@@ -679,6 +743,12 @@ impl Pipeline {
         }
         if let Some(u) = &self.upcast {
             for p in u.referenced_fields() {
+                add(p);
+            }
+        }
+        if let Some(ps) = &self.projections {
+            add(&ps.type_field);
+            for p in &ps.event_fields {
                 add(p);
             }
         }

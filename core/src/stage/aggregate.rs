@@ -451,7 +451,7 @@ impl Aggregate {
 impl Stage for Aggregate {
     type State = AggState;
 
-    fn new_state(&self) -> AggState {
+    fn new_state(&self, _key: &[u8]) -> AggState {
         AggState {
             version: 0,
             fields: self.defaults.clone(),

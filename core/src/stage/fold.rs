@@ -229,7 +229,7 @@ pub type FoldState = smallvec::SmallVec<[Acc; INLINE_REDUCERS]>;
 impl Stage for Fold {
     type State = FoldState;
 
-    fn new_state(&self) -> Self::State {
+    fn new_state(&self, _key: &[u8]) -> Self::State {
         self.reducers
             .iter()
             .map(|r| match r.op {
@@ -363,7 +363,7 @@ mod tests {
     }
 
     fn run(fold: &Fold, ex: &Extractor, records: &[&str]) -> (String, Vec<String>) {
-        let mut st = fold.new_state();
+        let mut st = fold.new_state(b"k");
         let mut errs = Vec::new();
         for r in records {
             let mut arena = Vec::new();

@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod fold;
+pub mod projection;
 
 use crate::batch::OutBuf;
 use crate::decode::Value;
@@ -14,6 +15,7 @@ use crate::stats::DeadReason;
 
 pub use aggregate::{AggState, Aggregate};
 pub use fold::{Fold, FoldState};
+pub use projection::{Projections, Row};
 
 /// The fields of one record, as a stage sees them.
 #[derive(Clone, Copy)]
@@ -73,6 +75,9 @@ pub struct Emit<'a> {
     pub partition: u32,
     /// Offset in that partition.
     pub offset: u64,
+    /// In a projection pipeline, the projection this delivery is for
+    /// ([`crate::batch::RECORD`] otherwise).
+    pub target: u32,
     /// One buffer per [`Stage::outputs`] entry, in that order.
     pub(crate) outs: &'a mut [OutBuf],
     /// Partitions per output, in the same order.
@@ -103,6 +108,7 @@ impl<'a> Emit<'a> {
             source,
             partition,
             offset,
+            target: crate::batch::RECORD,
             outs,
             partitions,
             enabled: true,
@@ -166,8 +172,8 @@ impl From<String> for Refused {
 pub trait Stage: Send + Sync + 'static {
     /// State kept per key.
     type State: Send;
-    /// State of a key never seen before.
-    fn new_state(&self) -> Self::State;
+    /// State of a key never seen before (`key` as the engine stores it, prefix included).
+    fn new_state(&self, key: &[u8]) -> Self::State;
     /// Folds one record into the key's state.
     fn apply(
         &self,
@@ -185,5 +191,19 @@ pub trait Stage: Send + Sync + 'static {
     /// last applied sequence number (or the count of applied records without sequences).
     fn version(&self, _state: &Self::State) -> Option<u64> {
         None
+    }
+    /// Where the key's read model goes: `None` (the default) the pipeline's view topic,
+    /// `Some(i)` output `i` of [`Stage::outputs`] (a projection's own topic).
+    fn view_output(&self, _state: &Self::State) -> Option<usize> {
+        None
+    }
+    /// Whether the key's read model is deleted: its upsert is then a `null` tombstone.
+    fn is_deleted(&self, _state: &Self::State) -> bool {
+        false
+    }
+    /// Bytes at the start of every key that are internal (a projection's namespace) and
+    /// left out of the keys the engine writes.
+    fn key_prefix_len(&self) -> usize {
+        0
     }
 }

@@ -216,7 +216,7 @@ proptest! {
         cmds in proptest::collection::vec((0usize..3, command()), 1..60)
     ) {
         let (agg, ex) = setup();
-        let mut states: Vec<AggState> = (0..3).map(|_| agg.new_state()).collect();
+        let mut states: Vec<AggState> = (0..3).map(|_| agg.new_state(b"A")).collect();
         let mut models: Vec<Account> = vec![Account::default(); 3];
         let mut arena = Vec::new();
         let mut vals = vec![Value::Missing; ex.slots()];
@@ -293,7 +293,7 @@ fn replay_without_outputs_reaches_the_same_state() {
         json("A", &Cmd::Withdraw(50), 3, 4),
     ];
     let run = |enabled: bool| {
-        let mut st = agg.new_state();
+        let mut st = agg.new_state(b"A");
         let mut outs = [OutBuf::default(), OutBuf::default()];
         for (i, l) in lines.iter().enumerate() {
             let mut arena = Vec::new();
@@ -338,7 +338,7 @@ fn unknown_and_untyped_commands_are_refused_with_unknown_type() {
         let mut arena = Vec::new();
         let mut vals = vec![Value::Missing; ex.slots()];
         ex.extract(line.as_bytes(), &mut arena, &mut vals).unwrap();
-        let mut st = agg.new_state();
+        let mut st = agg.new_state(b"A");
         let err = agg
             .apply(
                 &mut st,

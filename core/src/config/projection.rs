@@ -1,0 +1,447 @@
+//! `[[projections]]`: read models built from event streams, keyed by any expression.
+//!
+//! Each projection keeps one row per key: fields with defaults, changed by `[[...on]]`
+//! handlers. For every input record, every projection whose `when` holds computes its
+//! key (a CEL expression: `event.aggregate_id`, or
+//! `string(timestamp_ms(event.data.at)).substring(0, 10)` for a daily row), so one event
+//! can update rows of several projections. Rows are written as upserts to the
+//! projection's topic; a handler's `delete` removes the row (a `null` tombstone).
+//!
+//! Variables: `event.<path>` (any scalar field of the record), `row.<field>` (the row
+//! before this event), `row.key`.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::walk::{self, Cx, Table};
+use super::{Expr, FieldPath, MAX_PARTITIONS, defaults, valid_name};
+use crate::expr::{self, Scope, Slot, Type};
+
+/// Where projection variables live.
+pub mod slots {
+    /// `row.<field i>` is slot `ROW + i`.
+    pub const ROW: u32 = 0;
+    /// `row.key`.
+    pub const ROW_KEY: u32 = 1 << 16;
+    /// `event.<path j>` is slot `EVENT + j`, `j` indexing
+    /// [`super::ProjectionsConfig::event_fields`].
+    pub const EVENT: u32 = 1 << 20;
+}
+
+/// Most projections in one pipeline.
+pub const MAX_PROJECTIONS: usize = 256;
+
+/// A field of a projection's rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowField {
+    /// Name (`row.<name>`, and the name in the upsert).
+    pub name: String,
+    /// Static type (the default's type, or declared).
+    pub ty: Type,
+    /// Value of a new row (a constant).
+    pub default: Expr,
+}
+
+/// What one handler does to a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handler {
+    /// Applies to records whose type is one of these (empty: every record).
+    pub types: Vec<String>,
+    /// Applies only when this holds.
+    pub when: Option<Expr>,
+    /// `(row field index, new value)`, evaluated against the row before the event, then
+    /// assigned together.
+    pub set: Vec<(usize, Expr)>,
+    /// Removes the row (after `set`) when this holds.
+    pub delete: Option<Expr>,
+}
+
+/// One projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionConfig {
+    /// Name; also the default topic.
+    pub name: String,
+    /// Output topic (state log).
+    pub topic: String,
+    /// Partitions of the topic.
+    pub partitions: u32,
+    /// Records this projection looks at (absent: all).
+    pub when: Option<Expr>,
+    /// The row key: a string or integer expression.
+    pub key: Expr,
+    /// Row fields, in declaration order.
+    pub fields: Vec<RowField>,
+    /// Handlers, in order; every one that matches is applied.
+    pub on: Vec<Handler>,
+}
+
+/// Every projection of a pipeline, with the record fields they read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionsConfig {
+    /// Field naming the record type (for `on.types`).
+    pub type_field: FieldPath,
+    /// The projections.
+    pub list: Vec<ProjectionConfig>,
+    /// Record fields the expressions read: `event.<path>` is slot `EVENT + index`.
+    pub event_fields: Vec<FieldPath>,
+}
+
+struct Vars<'a> {
+    row: Option<&'a [(String, Type)]>,
+    event: &'a RefCell<Vec<FieldPath>>,
+}
+
+impl Scope for Vars<'_> {
+    fn resolve(&self, path: &[&str]) -> Option<(Slot, Type)> {
+        match path {
+            ["row", "key"] if self.row.is_some() => Some((Slot(slots::ROW_KEY), Type::Dyn)),
+            ["row", name] => {
+                let row = self.row?;
+                row.iter()
+                    .position(|(n, _)| n == name)
+                    .map(|i| (Slot(slots::ROW + i as u32), row[i].1))
+            }
+            ["event", rest @ ..] if !rest.is_empty() => {
+                let fp = FieldPath(rest.iter().map(|s| s.to_string()).collect());
+                let mut f = self.event.borrow_mut();
+                let j = f.iter().position(|p| *p == fp).unwrap_or_else(|| {
+                    f.push(fp);
+                    f.len() - 1
+                });
+                Some((Slot(slots::EVENT + j as u32), Type::Dyn))
+            }
+            _ => None,
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v = vec!["event".to_string()];
+        if let Some(row) = self.row {
+            v.push("row.key".into());
+            v.extend(row.iter().map(|(n, _)| format!("row.{n}")));
+        }
+        v
+    }
+}
+
+fn compile(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    key: &str,
+    vars: &Vars<'_>,
+    want: Option<Type>,
+) -> Option<Expr> {
+    let span = t.raw(key).map(|v| v.span());
+    let src = t.string(cx, key)?;
+    let path = walk::join(&t.path, key);
+    match expr::compile(&src, vars) {
+        Ok(p) => {
+            let got = p.result_type();
+            if let Some(w) = want
+                && got != Type::Dyn
+                && got != w
+                && !(got == Type::Null && w != Type::Bool)
+            {
+                cx.error(&path, span, format!("must be {w}, but `{src}` is {got}"));
+                return None;
+            }
+            Some(Expr {
+                src,
+                program: Arc::new(p),
+            })
+        }
+        Err(errors) => {
+            for e in errors {
+                cx.error(&path, span.clone(), format!("{e} in `{src}`"));
+            }
+            None
+        }
+    }
+}
+
+fn valid_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Reads `[[projections]]` (and `projection_type_field` from the root); `None` when there
+/// are none.
+pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<ProjectionsConfig> {
+    let tables = root.tables(cx, "projections");
+    if tables.is_empty() {
+        return None;
+    }
+    let event = RefCell::new(Vec::new());
+    let mut list: Vec<ProjectionConfig> = Vec::new();
+    let mut type_field: Option<FieldPath> = None;
+    let mut seen: Vec<String> = Vec::new();
+    for mut p in tables {
+        let name = p.required_string(cx, "name");
+        if let Some(n) = &name {
+            if !valid_name(n) {
+                cx.error(
+                    &walk::join(&p.path, "name"),
+                    p.span(),
+                    format!("\"{n}\" is not a valid name: use letters, digits, '_', '-' or '.'"),
+                );
+            }
+            if seen.contains(n) {
+                cx.error(
+                    &walk::join(&p.path, "name"),
+                    p.span(),
+                    format!("duplicate projection name \"{n}\""),
+                );
+            }
+            seen.push(n.clone());
+        }
+        let topic = p
+            .string(cx, "topic")
+            .or_else(|| name.clone())
+            .unwrap_or_default();
+        if !topic.is_empty() && !valid_name(&topic) {
+            cx.error(
+                &walk::join(&p.path, "topic"),
+                p.span(),
+                format!("\"{topic}\" is not a valid topic name"),
+            );
+        }
+        let partitions = p
+            .int(cx, "partitions", 1, MAX_PARTITIONS)
+            .map(|n| n as u32)
+            .unwrap_or(defaults::OUTPUT_PARTITIONS);
+        if let Some(tf) = p.field_path(cx, "type_field") {
+            if type_field.as_ref().is_some_and(|t| *t != tf) {
+                cx.error(
+                    &walk::join(&p.path, "type_field"),
+                    p.span(),
+                    "all projections of a pipeline read the type from the same field",
+                );
+            }
+            type_field = Some(tf);
+        }
+        let no_row = Vars {
+            row: None,
+            event: &event,
+        };
+        let when = compile(cx, &mut p, "when", &no_row, Some(Type::Bool));
+        if p.keys().iter().all(|k| k != "key") {
+            cx.error(
+                &walk::join(&p.path, "key"),
+                p.span(),
+                "is required: the row key, e.g. key = \"event.aggregate_id\"",
+            );
+        }
+        let key = compile(cx, &mut p, "key", &no_row, None);
+        if let Some(k) = &key
+            && !matches!(
+                k.program.result_type(),
+                Type::Dyn | Type::String | Type::Int
+            )
+        {
+            cx.error(
+                &walk::join(&p.path, "key"),
+                p.span(),
+                format!(
+                    "must be a string or an int, but `{}` is {}",
+                    k.src,
+                    k.program.result_type()
+                ),
+            );
+        }
+
+        // fields
+        let mut ft = p.table(cx, "fields");
+        let mut fields = Vec::new();
+        for fname in ft.keys() {
+            let fpath = walk::join(&ft.path, &fname);
+            let fspan = ft.raw(&fname).map(|v| v.span());
+            if !valid_ident(&fname) || matches!(fname.as_str(), "key" | "version") {
+                cx.error(
+                    &fpath,
+                    fspan,
+                    "field names are identifiers other than `key` and `version` (every row carries those)",
+                );
+                continue;
+            }
+            let consts = Vars {
+                row: Some(&[]),
+                event: &RefCell::new(Vec::new()),
+            };
+            let field = match ft.raw(&fname).map(|v| v.get_ref()) {
+                Some(toml::de::DeValue::String(_)) => compile(cx, &mut ft, &fname, &consts, None)
+                    .map(|d| RowField {
+                        name: fname.clone(),
+                        ty: d.program.result_type(),
+                        default: d,
+                    }),
+                _ => {
+                    let mut t = ft.table(cx, &fname);
+                    if !t.is_present() {
+                        continue;
+                    }
+                    let ty = t.choice(cx, "type", TYPES).and_then(|s| type_named(&s));
+                    let d = compile(cx, &mut t, "default", &consts, None);
+                    if t.keys().iter().all(|k| k != "type" && k != "default") {
+                        cx.error(&t.path, t.span(), "give `type` and `default`");
+                    }
+                    t.finish(cx);
+                    match (ty, d) {
+                        (Some(ty), Some(d)) => Some(RowField {
+                            name: fname.clone(),
+                            ty,
+                            default: d,
+                        }),
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(f) = field {
+                if f.ty == Type::Null {
+                    cx.error(
+                        &fpath,
+                        fspan,
+                        "a null default says nothing about the field's type: write { type = \"string\", default = \"null\" }",
+                    );
+                }
+                fields.push(f);
+            }
+        }
+        ft.finish(cx);
+        let row: Vec<(String, Type)> = fields.iter().map(|f| (f.name.clone(), f.ty)).collect();
+        let vars = Vars {
+            row: Some(&row),
+            event: &event,
+        };
+
+        // on
+        let mut on = Vec::new();
+        let handlers = p.tables(cx, "on");
+        if handlers.is_empty() {
+            cx.error(
+                &walk::join(&p.path, "on"),
+                p.span(),
+                "is required: at least one handler, e.g. [[projections.on]] types = [\"Deposited\"] set = { balance = \"row.balance + event.data.amount\" }",
+            );
+        }
+        for mut h in handlers {
+            let types = match h.raw("types").map(|v| v.get_ref()) {
+                None => Vec::new(),
+                Some(toml::de::DeValue::Array(items)) => items
+                    .iter()
+                    .filter_map(|i| match i.get_ref() {
+                        toml::de::DeValue::String(s) => Some(s.to_string()),
+                        _ => {
+                            cx.error(
+                                &walk::join(&h.path, "types"),
+                                Some(i.span()),
+                                "expected event type names (strings)",
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+                Some(_) => {
+                    let span = h.raw("types").map(|v| v.span());
+                    cx.error(
+                        &walk::join(&h.path, "types"),
+                        span,
+                        "expected an array of event type names, e.g. [\"Deposited\"]",
+                    );
+                    Vec::new()
+                }
+            };
+            let when = compile(cx, &mut h, "when", &vars, Some(Type::Bool));
+            let delete = compile(cx, &mut h, "delete", &vars, Some(Type::Bool));
+            let mut st = h.table(cx, "set");
+            let mut set = Vec::new();
+            for f in st.keys() {
+                let Some(i) = fields.iter().position(|x| x.name == f) else {
+                    let span = st.raw(&f).map(|v| v.span());
+                    cx.error(
+                        &walk::join(&st.path, &f),
+                        span,
+                        format!(
+                            "not a field of this projection (fields: {})",
+                            row.iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                    continue;
+                };
+                let want = Some(fields[i].ty).filter(|t| *t != Type::Dyn);
+                if let Some(x) = compile(cx, &mut st, &f, &vars, want) {
+                    set.push((i, x));
+                }
+            }
+            st.finish(cx);
+            if set.is_empty()
+                && delete.is_none()
+                && h.keys().iter().all(|k| k != "set" && k != "delete")
+            {
+                cx.error(&h.path, h.span(), "does nothing: give it `set` or `delete`");
+            }
+            h.finish(cx);
+            on.push(Handler {
+                types,
+                when,
+                set,
+                delete,
+            });
+        }
+        p.finish(cx);
+        if let (Some(name), Some(key)) = (name, key) {
+            list.push(ProjectionConfig {
+                name,
+                topic,
+                partitions,
+                when,
+                key,
+                fields,
+                on,
+            });
+        }
+    }
+    if list.len() > MAX_PROJECTIONS {
+        cx.error(
+            "projections",
+            None,
+            format!("at most {MAX_PROJECTIONS} projections"),
+        );
+    }
+    Some(ProjectionsConfig {
+        type_field: type_field.unwrap_or_else(|| FieldPath::parse("type").expect("valid")),
+        list,
+        event_fields: event.into_inner(),
+    })
+}
+
+const TYPES: &[&str] = &[
+    "int",
+    "double",
+    "string",
+    "bool",
+    "timestamp",
+    "duration",
+    "list",
+    "map",
+    "dyn",
+];
+
+fn type_named(s: &str) -> Option<Type> {
+    Some(match s {
+        "int" => Type::Int,
+        "double" => Type::Double,
+        "string" => Type::String,
+        "bool" => Type::Bool,
+        "timestamp" => Type::Timestamp,
+        "duration" => Type::Duration,
+        "list" => Type::List,
+        "map" => Type::Map,
+        "dyn" => Type::Dyn,
+        _ => return None,
+    })
+}

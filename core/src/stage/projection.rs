@@ -1,0 +1,282 @@
+//! The projections stage: read models built from event streams, as declared in
+//! `[[projections]]` (`crate::config::ProjectionsConfig`).
+//!
+//! The router computes each projection's row key for a record and delivers the record
+//! once per projection that takes it, to the shard that owns that row (keys are
+//! namespaced by a 2-byte projection index). Here, per delivery, every handler of the
+//! projection whose `types` and `when` match sets fields of the row (all of a handler's
+//! assignments read the row as it was before it), and `delete` removes the row (a `null`
+//! tombstone in the projection's topic; a later event creates it afresh).
+//!
+//! A failing expression (overflow, missing field, wrong type) leaves the row unchanged
+//! and dead-letters this delivery with the projection's name; the record's other
+//! projections are not affected.
+
+use smallvec::SmallVec;
+
+use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage};
+use crate::batch::write_json_str;
+use crate::config::{FieldPath, ProjectionsConfig, projection_slots as slots};
+use crate::expr::{Env, Slot, Type, Val};
+use crate::stats::DeadReason;
+
+/// Bytes of the projection index at the start of every row key.
+const PREFIX: usize = 2;
+
+/// One row of one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Index of its projection.
+    pub projection: u16,
+    /// Deleted by a handler (rendered as a tombstone until it is written again).
+    pub deleted: bool,
+    /// Field values, in the projection's field order.
+    pub fields: Box<[Val<'static>]>,
+}
+
+struct Compiled {
+    /// Rendered `"name":` per field.
+    prefixes: Vec<Box<[u8]>>,
+    defaults: Box<[Val<'static>]>,
+}
+
+/// The stage, built from a checked pipeline.
+#[derive(Debug)]
+pub struct Projections {
+    cfg: ProjectionsConfig,
+    /// Decoder slot of each `event.<path>`.
+    event_slots: Vec<usize>,
+    type_slot: usize,
+    compiled: Vec<CompiledDebug>,
+}
+
+#[derive(Debug)]
+struct CompiledDebug(Compiled);
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").finish_non_exhaustive()
+    }
+}
+
+struct NoVars;
+
+impl Env for NoVars {
+    fn get(&self, _: Slot) -> Option<Val<'_>> {
+        None
+    }
+}
+
+struct RowEnv<'a> {
+    fields: &'a [Val<'static>],
+    key: &'a str,
+    ev: EventView<'a>,
+    event_slots: &'a [usize],
+}
+
+impl Env for RowEnv<'_> {
+    #[inline]
+    fn get(&self, slot: Slot) -> Option<Val<'_>> {
+        // hot path
+        let s = slot.0;
+        if s >= slots::EVENT {
+            self.ev.val(self.event_slots[(s - slots::EVENT) as usize])
+        } else if s == slots::ROW_KEY {
+            Some(Val::str(self.key))
+        } else {
+            self.fields
+                .get((s - slots::ROW) as usize)
+                .map(Val::reborrow)
+        }
+    }
+}
+
+impl Projections {
+    /// Builds the stage; `slots` is the decoder's field order.
+    pub fn new(cfg: &ProjectionsConfig, slots: &[FieldPath]) -> Result<Self, String> {
+        let slot = |p: &FieldPath| {
+            slots
+                .iter()
+                .position(|s| s == p)
+                .expect("referenced_fields covers every projection field")
+        };
+        let mut compiled = Vec::with_capacity(cfg.list.len());
+        for p in &cfg.list {
+            let mut defaults = Vec::with_capacity(p.fields.len());
+            for f in &p.fields {
+                let v = f.default.program.eval(&NoVars).map_err(|e| {
+                    format!(
+                        "projection '{}': field {}: default `{}`: {e}",
+                        p.name, f.name, f.default.src
+                    )
+                })?;
+                defaults.push(v.into_owned());
+            }
+            compiled.push(CompiledDebug(Compiled {
+                prefixes: p
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        let mut b = Vec::new();
+                        write_json_str(&mut b, f.name.as_bytes());
+                        b.push(b':');
+                        b.into()
+                    })
+                    .collect(),
+                defaults: defaults.into(),
+            }));
+        }
+        Ok(Projections {
+            event_slots: cfg.event_fields.iter().map(slot).collect(),
+            type_slot: slot(&cfg.type_field),
+            cfg: cfg.clone(),
+            compiled,
+        })
+    }
+}
+
+fn type_fits(ty: Type, v: &Val<'_>) -> bool {
+    ty == Type::Dyn || matches!(v, Val::Null) || v.type_of() == ty
+}
+
+impl Stage for Projections {
+    type State = Row;
+
+    fn new_state(&self, key: &[u8]) -> Row {
+        let projection = u16::from_be_bytes([key[0], key[1]]);
+        Row {
+            projection,
+            deleted: false,
+            fields: self.compiled[projection as usize].0.defaults.clone(),
+        }
+    }
+
+    fn apply(
+        &self,
+        row: &mut Row,
+        ev: EventView<'_>,
+        emit: &mut Emit<'_>,
+    ) -> Result<Applied, Refused> {
+        // hot path
+        let p = &self.cfg.list[row.projection as usize];
+        debug_assert_eq!(emit.target, row.projection as u32);
+        let key = std::str::from_utf8(&emit.key[PREFIX..]).unwrap_or("");
+        let ty = ev.str(ev.values[self.type_slot]);
+        let refused = |what: &str, src: &str, e: &dyn std::fmt::Display| Refused {
+            reason: DeadReason::Logic,
+            detail: format!("projection '{}' row '{key}': {what} `{src}`: {e}", p.name),
+        };
+        // Handlers apply in order, each reading the row as the previous ones left it; an
+        // undo log restores the row if a later one fails (all or nothing).
+        let mut undo: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
+        let mut matched = false;
+        let mut delete = false;
+        let rollback = |row: &mut Row, undo: SmallVec<[(usize, Val<'static>); 8]>| {
+            for (i, old) in undo.into_iter().rev() {
+                row.fields[i] = old;
+            }
+        };
+        for h in &p.on {
+            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x == t)) {
+                continue;
+            }
+            let mut these: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
+            let outcome = (|| {
+                let env = RowEnv {
+                    fields: &row.fields,
+                    key,
+                    ev,
+                    event_slots: &self.event_slots,
+                };
+                if let Some(w) = &h.when
+                    && !w
+                        .program
+                        .eval_bool(&env)
+                        .map_err(|e| refused("when", &w.src, &e))?
+                {
+                    return Ok(false);
+                }
+                for (i, x) in &h.set {
+                    let f = &p.fields[*i];
+                    let v = x
+                        .program
+                        .eval(&env)
+                        .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?
+                        .into_owned();
+                    if !type_fits(f.ty, &v) {
+                        return Err(refused(
+                            &format!("set {} ({})", f.name, f.ty),
+                            &x.src,
+                            &format!("gave {} {v}", v.type_of()),
+                        ));
+                    }
+                    these.push((*i, v));
+                }
+                if let Some(d) = &h.delete {
+                    delete |= d
+                        .program
+                        .eval_bool(&env)
+                        .map_err(|e| refused("delete", &d.src, &e))?;
+                }
+                Ok(true)
+            })();
+            match outcome {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    rollback(row, undo);
+                    return Err(e);
+                }
+            }
+            matched = true;
+            for (i, v) in these {
+                let old = std::mem::replace(&mut row.fields[i], v);
+                undo.push((i, old));
+            }
+        }
+        if !matched {
+            return Ok(Applied::Unchanged);
+        }
+        if delete {
+            row.deleted = true;
+            row.fields = self.compiled[row.projection as usize].0.defaults.clone();
+        } else {
+            row.deleted = false;
+        }
+        Ok(Applied::Changed)
+    }
+
+    fn render(&self, row: &Row, out: &mut Vec<u8>) {
+        let c = &self.compiled[row.projection as usize].0;
+        for (i, (p, v)) in c.prefixes.iter().zip(row.fields.iter()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(p);
+            v.write_json(out);
+        }
+    }
+
+    fn outputs(&self) -> Vec<OutputSpec> {
+        self.cfg
+            .list
+            .iter()
+            .map(|p| OutputSpec {
+                topic: p.topic.clone(),
+                partitions: p.partitions,
+            })
+            .collect()
+    }
+
+    fn view_output(&self, row: &Row) -> Option<usize> {
+        Some(row.projection as usize)
+    }
+
+    fn is_deleted(&self, row: &Row) -> bool {
+        row.deleted
+    }
+
+    fn key_prefix_len(&self) -> usize {
+        PREFIX
+    }
+}

@@ -1,0 +1,212 @@
+//! Projections end to end: `examples/bank-accounts/projections.toml` reads the events the
+//! aggregate pipeline committed and builds three read models keyed by expressions.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn example(file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/bank-accounts")
+        .join(file)
+}
+
+fn compact(state: &Path, topic: &str) -> serde_json::Value {
+    let out = run_ok(
+        bin()
+            .args(["log", "read"])
+            .arg(state)
+            .args(["--topic", topic, "--compact"]),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn run(pipeline: &Path) -> String {
+    let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(pipeline));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn expected(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(example(name)).unwrap()).unwrap()
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["pipeline.toml", "projections.toml", "commands.jsonl"] {
+        std::fs::copy(example(f), dir.path().join(f)).unwrap();
+    }
+    run(&dir.path().join("pipeline.toml"));
+    dir
+}
+
+const VIEWS: [&str; 3] = ["balances", "monthly_statements", "daily_report"];
+
+#[test]
+fn bank_projections_match_expected_read_models() {
+    let dir = setup();
+    let summary = run(&dir.path().join("projections.toml"));
+    assert!(
+        summary.contains("18 read = 18 processed + 0 duplicates + 0 dead-lettered + 0 held"),
+        "{summary}"
+    );
+    // The example's deliberately huge deposit makes the day's `net` overflow for two later
+    // deposits: those two updates of the daily row are refused, the rest applies.
+    assert!(
+        summary.contains("2 projection updates failed and were dead-lettered"),
+        "{summary}"
+    );
+    let state = dir.path().join("data/projections");
+    for v in VIEWS {
+        assert_eq!(
+            compact(&state, v),
+            expected(&format!("expected_{v}.json")),
+            "{v}"
+        );
+    }
+    // The closed account was deleted from `balances`: a tombstone, then gone.
+    let tombstones = read_topic(&state, "balances")
+        .into_iter()
+        .filter(|r| r.value.is_null())
+        .count();
+    assert_eq!(tombstones, 1);
+    assert!(compact(&state, "balances").get("ACC-2").is_none());
+    let dead = read_topic(&state, "dead_letters");
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        dead[0].key, "2026-01-01",
+        "keys are written without the projection prefix"
+    );
+    assert!(
+        dead[0].value["detail"]
+            .as_str()
+            .unwrap()
+            .contains("projection 'daily_report' row '2026-01-01'"),
+        "{:?}",
+        dead[0].value
+    );
+
+    // Nothing new: a second run emits nothing.
+    let summary = run(&dir.path().join("projections.toml"));
+    assert!(summary.contains(" 0 new records"), "{summary}");
+    for v in VIEWS {
+        assert_eq!(compact(&state, v), expected(&format!("expected_{v}.json")));
+    }
+}
+
+#[test]
+fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
+    // The projections read the events while the aggregate is half done, then again after
+    // it finished: the second run replays the first part with outputs off to rebuild the
+    // rows, and the result equals one run over everything.
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(example("commands.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    std::fs::copy(example("pipeline.toml"), dir.path().join("pipeline.toml")).unwrap();
+    std::fs::copy(
+        example("projections.toml"),
+        dir.path().join("projections.toml"),
+    )
+    .unwrap();
+    let half = lines.len() / 2;
+    std::fs::write(
+        dir.path().join("commands.jsonl"),
+        lines[..half].join("\n") + "\n",
+    )
+    .unwrap();
+    run(&dir.path().join("pipeline.toml"));
+    run(&dir.path().join("projections.toml"));
+
+    // The rest of the commands, appended to the aggregate's input log.
+    let mut child = bin()
+        .args(["log", "append"])
+        .arg(dir.path().join("data/input"))
+        .args(["--topic", "commands", "--key", "account"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for l in &lines[half..] {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    run(&dir.path().join("pipeline.toml"));
+    let summary = run(&dir.path().join("projections.toml"));
+    assert!(summary.contains("replayed"), "{summary}");
+
+    let state = dir.path().join("data/projections");
+    for v in ["balances", "monthly_statements"] {
+        assert_eq!(
+            compact(&state, v),
+            expected(&format!("expected_{v}.json")),
+            "{v}"
+        );
+    }
+    // The daily row depends on the order events of different accounts arrive in (the
+    // overflowing `net`), which differs when the aggregate runs twice; its counts of
+    // opened and closed accounts do not.
+    let daily = compact(&state, "daily_report");
+    assert_eq!(daily["2026-01-01"]["accounts_opened"], 4);
+    assert_eq!(daily["2026-01-01"]["accounts_closed"], 1);
+}
+
+#[test]
+fn validate_reports_every_projection_error_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        r#"[pipeline]
+name = "p"
+
+[[sources]]
+name = "events"
+type = "log"
+path = "in"
+
+[key]
+sequence = "version"
+
+[[projections]]
+name = "balances"
+key = "event.aggregate_id +"
+fields = { balance = "0", key = "''" }
+
+[[projections.on]]
+types = ["Deposited"]
+set = { balanse = "1", balance = "'x'" }
+
+[[projections]]
+name = "balances"
+key = "event.x"
+fields = { n = "0" }
+
+[[projections.on]]
+when = "row.n"
+"#,
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "key.sequence (line 9): sequence checks need one key per record",
+        "projections[0].key (line 14): column 21: expected an expression",
+        "projections[0].fields.key (line 15): field names are identifiers other than `key` and `version`",
+        "projections[0].on[0].set.balanse (line 19): not a field of this projection (fields: balance)",
+        "projections[0].on[0].set.balance (line 19): must be int, but `'x'` is string",
+        "projections[1].name (line 21): duplicate projection name \"balances\"",
+        "projections[1].on[0].when (line 27): must be bool, but `row.n` is int",
+        "projections[1].on[0] (line 26): does nothing: give it `set` or `delete`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
