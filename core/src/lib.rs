@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod cloudevents;
 pub mod commit;
 pub mod config;
 pub mod decode;

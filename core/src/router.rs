@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use crate::batch::{Event, EventBatch, OutBuf, RECORD};
-use crate::config::{FieldPath, Pipeline, ProjectionsConfig, projection_slots};
+use crate::cloudevents::EnvelopeCheck;
+use crate::config::{FieldPath, Format, Pipeline, ProjectionsConfig, projection_slots};
 use crate::decode::{DecodeError, Extractor, Value};
 use crate::expr::{Env, Program, Slot, Val};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
@@ -34,6 +35,8 @@ pub struct Router {
     scratch_vals: Vec<Value>,
     upcaster: Option<Upcaster>,
     projections: Option<ProjectionRouting>,
+    /// CloudEvents envelope check, and which inputs need it (by dense input index).
+    envelopes: Option<(EnvelopeCheck, Vec<bool>)>,
     /// Keys computed for the projections of the current record.
     targets: Vec<(u32, Vec<u8>)>,
 }
@@ -90,6 +93,21 @@ impl Router {
     /// A router for a checked pipeline.
     pub fn new(p: &Pipeline, inputs: InputNames) -> Self {
         let fields = p.referenced_fields();
+        let ce_inputs = p
+            .sources
+            .iter()
+            .any(|s| s.format == Format::CloudEvents)
+            .then(|| {
+                let per_input = inputs
+                    .iter()
+                    .map(|(name, _)| {
+                        p.sources
+                            .iter()
+                            .any(|s| &s.name == name && s.format == Format::CloudEvents)
+                    })
+                    .collect();
+                (EnvelopeCheck::new(&fields), per_input)
+            });
         let seq_slot = p.key.sequence.as_ref().map(|s| {
             fields
                 .iter()
@@ -127,6 +145,7 @@ impl Router {
             scratch_vals: vec![Value::Missing; fields.len()],
             upcaster: p.upcast.as_ref().map(|u| Upcaster::new(u, &fields)),
             targets: Vec::new(),
+            envelopes: ce_inputs,
         }
     }
 
@@ -164,6 +183,25 @@ impl Router {
                 &self.inputs,
                 reason,
                 &e.to_string(),
+                input,
+                offset,
+                b"",
+                None,
+                raw,
+                emit_dead,
+                o,
+            );
+            return None;
+        }
+        if let Some((check, per_input)) = &self.envelopes
+            && per_input[input as usize]
+            && let Err(detail) = check.check(&self.scratch_vals, &self.scratch_arena)
+        {
+            dead_letter(
+                dead,
+                &self.inputs,
+                DeadReason::InvalidCloudEvent,
+                &detail,
                 input,
                 offset,
                 b"",

@@ -31,10 +31,12 @@ pub enum DeadReason {
     UnknownType,
     /// An upcasting rule failed on the record (bad version field, an expression error).
     Upcast,
+    /// Not a valid CloudEvents 1.0 envelope (on a `format = "cloudevents"` source).
+    InvalidCloudEvent,
 }
 
 /// Number of [`DeadReason`]s.
-pub const DEAD_REASONS: usize = 10;
+pub const DEAD_REASONS: usize = 11;
 
 impl DeadReason {
     /// Every reason, in index order.
@@ -49,6 +51,7 @@ impl DeadReason {
         DeadReason::Logic,
         DeadReason::UnknownType,
         DeadReason::Upcast,
+        DeadReason::InvalidCloudEvent,
     ];
 
     /// Stable snake_case name (used in dead letters and metrics labels).
@@ -64,6 +67,7 @@ impl DeadReason {
             DeadReason::Logic => "logic_error",
             DeadReason::UnknownType => "unknown_type",
             DeadReason::Upcast => "upcast_failed",
+            DeadReason::InvalidCloudEvent => "invalid_cloudevent",
         }
     }
 
@@ -74,7 +78,8 @@ impl DeadReason {
             | DeadReason::NotAnObject
             | DeadReason::MissingKey
             | DeadReason::BadKey
-            | DeadReason::BadSequence => "decode",
+            | DeadReason::BadSequence
+            | DeadReason::InvalidCloudEvent => "decode",
             DeadReason::GapNotFilled | DeadReason::ReorderBufferFull => "sequence",
             DeadReason::Logic | DeadReason::UnknownType => "logic",
             DeadReason::Upcast => "upcast",

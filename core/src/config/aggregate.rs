@@ -137,6 +137,9 @@ pub struct AggregateConfig {
     pub expected_version_field: FieldPath,
     /// Topic of emitted events.
     pub events_topic: String,
+    /// `Some(source)`: events are written as CloudEvents 1.0 (structured JSON) with this
+    /// `source` attribute; `None`: onceflow's plain JSON events.
+    pub cloudevents_source: Option<String>,
     /// Topic of rejected commands.
     pub rejections_topic: String,
     /// Partitions of both topics.
@@ -375,6 +378,28 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
     let expected_version_field = field_or(cx, a, "expected_version_field", "expected_version");
     let events_topic = topic_or(cx, a, "events_topic", format!("{base}_events"));
     let rejections_topic = topic_or(cx, a, "rejections_topic", format!("{base}_rejections"));
+    let events_format = a.choice(cx, "events_format", &["json", "cloudevents"]);
+    let events_source = a.string(cx, "events_source");
+    let cloudevents_source = match (events_format.as_deref(), events_source) {
+        (Some("cloudevents"), Some(src)) if !src.is_empty() => Some(src),
+        (Some("cloudevents"), _) => {
+            cx.error(
+                &walk::join(&a.path, "events_source"),
+                a.span(),
+                "is required with events_format = \"cloudevents\": the events' `source` attribute, a URI reference such as \"/bank/accounts\"",
+            );
+            None
+        }
+        (_, Some(_)) => {
+            cx.error(
+                &walk::join(&a.path, "events_source"),
+                a.span(),
+                "applies only with events_format = \"cloudevents\"",
+            );
+            None
+        }
+        _ => None,
+    };
     if events_topic == rejections_topic {
         cx.error(
             &walk::join(&a.path, "rejections_topic"),
@@ -684,6 +709,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
         correlation_field,
         expected_version_field,
         events_topic,
+        cloudevents_source,
         rejections_topic,
         partitions,
         state,

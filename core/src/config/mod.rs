@@ -105,6 +105,9 @@ impl fmt::Display for FieldPath {
 pub enum Format {
     /// One JSON object per record.
     Json,
+    /// One CloudEvents 1.0 envelope (structured JSON mode) per record; an invalid
+    /// envelope is dead-lettered (`invalid_cloudevent`).
+    CloudEvents,
 }
 
 /// Where records come from.
@@ -390,7 +393,13 @@ impl Pipeline {
                     format!("\"{topic}\" is not a valid topic name"),
                 );
             }
-            let _ = s.choice(&mut cx, "format", &["json"]);
+            let format = match s
+                .choice(&mut cx, "format", &["json", "cloudevents"])
+                .as_deref()
+            {
+                Some("cloudevents") => Format::CloudEvents,
+                _ => Format::Json,
+            };
             let load = s.string(&mut cx, "load").map(&resolve);
             let load_partitions = s
                 .int(&mut cx, "load_partitions", 1, MAX_PARTITIONS)
@@ -402,7 +411,7 @@ impl Pipeline {
                     name,
                     path: resolve(path),
                     topic,
-                    format: Format::Json,
+                    format,
                     load,
                     load_partitions,
                 });
@@ -744,6 +753,11 @@ impl Pipeline {
         if let Some(u) = &self.upcast {
             for p in u.referenced_fields() {
                 add(p);
+            }
+        }
+        if self.sources.iter().any(|s| s.format == Format::CloudEvents) {
+            for p in crate::cloudevents::EnvelopeCheck::fields() {
+                add(&p);
             }
         }
         if let Some(ps) = &self.projections {

@@ -54,6 +54,9 @@ use std::fmt;
 
 pub use value::{Type, Val};
 
+/// Parses an RFC 3339 timestamp to nanoseconds since the Unix epoch (UTC).
+pub(crate) use time::parse_timestamp;
+
 /// Where a variable's value lives in an [`Env`]; assigned by the [`Scope`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot(pub u32);

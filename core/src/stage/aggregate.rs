@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 
 use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage};
 use crate::batch::{write_json_str, write_uint};
+use crate::cloudevents;
 use crate::config::{AggregateConfig, FieldPath, slots};
 use crate::decode::Value;
 use crate::expr::{Env, EvalError, Slot, Type, Val};
@@ -379,9 +380,40 @@ impl Aggregate {
         out: &mut Vec<u8>,
     ) {
         let et = &self.cfg.events[p.event];
-        out.extend_from_slice(b"{\"event_id\":");
         let mut id = String::with_capacity(command_id.len() + 4);
         let _ = write!(id, "{command_id}:{index}");
+        let data = |out: &mut Vec<u8>| {
+            out.push(b'{');
+            let mut first = true;
+            for ((name, _), v) in et.fields.iter().zip(&p.data) {
+                let Some(v) = v else { continue };
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_json_str(out, name.as_bytes());
+                out.push(b':');
+                v.write_json(out);
+            }
+            out.push(b'}');
+        };
+        if let Some(source) = &self.cfg.cloudevents_source {
+            let attrs = cloudevents::Attributes {
+                id: &id,
+                source,
+                ty: &et.name,
+                subject: Some(key),
+                extensions: &[
+                    ("aggregate", &self.cfg.name),
+                    ("causationid", command_id),
+                    ("correlationid", correlation_id),
+                ],
+                int_extensions: &[("aggregateversion", p.version)],
+            };
+            cloudevents::write_structured(out, &attrs, data);
+            return;
+        }
+        out.extend_from_slice(b"{\"event_id\":");
         write_json_str(out, id.as_bytes());
         out.extend_from_slice(b",\"type\":");
         write_json_str(out, et.name.as_bytes());
@@ -395,19 +427,9 @@ impl Aggregate {
         write_json_str(out, command_id.as_bytes());
         out.extend_from_slice(b",\"correlation_id\":");
         write_json_str(out, correlation_id.as_bytes());
-        out.extend_from_slice(b",\"data\":{");
-        let mut first = true;
-        for ((name, _), v) in et.fields.iter().zip(&p.data) {
-            let Some(v) = v else { continue };
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            write_json_str(out, name.as_bytes());
-            out.push(b':');
-            v.write_json(out);
-        }
-        out.extend_from_slice(b"}}");
+        out.extend_from_slice(b",\"data\":");
+        data(out);
+        out.push(b'}');
     }
 
     #[allow(clippy::too_many_arguments)]
