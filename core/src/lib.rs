@@ -6,6 +6,7 @@
 //! embedded log, carrying the consumed input offsets).
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod batch;
 pub mod cloudevents;
 pub mod commit;

@@ -375,6 +375,7 @@ impl<S: Stage> ShardCore<S> {
             partition: *partition,
             offset,
             target,
+            raw,
             outs: &mut self.emitted,
             partitions: &self.emitted_partitions,
             enabled: emit,

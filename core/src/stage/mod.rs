@@ -78,6 +78,8 @@ pub struct Emit<'a> {
     /// In a projection pipeline, the projection this delivery is for
     /// ([`crate::batch::RECORD`] otherwise).
     pub target: u32,
+    /// The record as it was read (for stages that decode it themselves).
+    pub raw: &'a [u8],
     /// One buffer per [`Stage::outputs`] entry, in that order.
     pub(crate) outs: &'a mut [OutBuf],
     /// Partitions per output, in the same order.
@@ -109,10 +111,17 @@ impl<'a> Emit<'a> {
             partition,
             offset,
             target: crate::batch::RECORD,
+            raw: &[],
             outs,
             partitions,
             enabled: true,
         }
+    }
+
+    /// The same, carrying the record's raw bytes ([`Emit::raw`]).
+    pub fn with_raw(mut self, raw: &'a [u8]) -> Self {
+        self.raw = raw;
+        self
     }
 
     /// Appends a record to output `out` (an index into [`Stage::outputs`]) under the
