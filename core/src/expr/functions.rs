@@ -27,6 +27,8 @@ pub(crate) enum Func {
     Replace,
     Split,
     Join,
+    With,
+    Without,
     Int,
     Double,
     String,
@@ -137,6 +139,18 @@ pub(crate) static SPECS: &[Spec] = &[
         Func::Join,
         Style::Method,
         &[(&[T::List], T::String), (&[T::List, T::String], T::String)],
+    ),
+    spec(
+        "with",
+        Func::With,
+        Style::Method,
+        &[(&[T::Map, T::Dyn, T::Dyn], T::Map)],
+    ),
+    spec(
+        "without",
+        Func::Without,
+        Style::Method,
+        &[(&[T::Map, T::Dyn], T::Map)],
     ),
     spec(
         "int",
@@ -407,6 +421,34 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
             };
             Val::list(split(s, &sep, limit))
         }
+        (Func::With, [Map(m), k, v]) => {
+            if !matches!(k, Str(_) | Int(_) | Bool(_)) {
+                return Err(format!(
+                    "with: a map key is a string, int or bool, not {}",
+                    k.type_of()
+                ));
+            }
+            let mut entries: Vec<(Val<'a>, Val<'a>)> = Vec::with_capacity(m.len() + 1);
+            let mut replaced = false;
+            for (ek, ev) in m.iter() {
+                if ek.cel_eq(k) {
+                    entries.push((ek.clone(), v.clone()));
+                    replaced = true;
+                } else {
+                    entries.push((ek.clone(), ev.clone()));
+                }
+            }
+            if !replaced {
+                if entries.len() >= MAX_BUILT {
+                    return Err(format!("with: a map may hold at most {MAX_BUILT} entries"));
+                }
+                entries.push((k.clone(), v.clone()));
+            }
+            Map(Arc::new(entries))
+        }
+        (Func::Without, [Map(m), k]) => Map(Arc::new(
+            m.iter().filter(|(ek, _)| !ek.cel_eq(k)).cloned().collect(),
+        )),
         (Func::Join, [List(items), rest @ ..]) => {
             let sep = match rest {
                 [] => "",

@@ -989,3 +989,15 @@ fn nesting_at_the_limit_fits_the_stack() {
     let chain = vec!["n"; 99].join(" * 1 + ");
     let _ = compile(&chain, &scope()).map(|p| p.eval(&env()).is_ok());
 }
+
+#[test]
+fn map_with_and_without() {
+    yes("{'a': 1}.with('b', 2) == {'a': 1, 'b': 2}");
+    yes("{'a': 1, 'b': 2}.with('a', 3) == {'a': 3, 'b': 2}");
+    yes("{'a': 1}.with('b', {'n': 2}).b.n == 2");
+    yes("{'a': 1, 'b': 2}.without('a') == {'b': 2}");
+    yes("{'a': 1}.without('zz') == {'a': 1}");
+    yes("{1: 'x'}.with(1, 'y')[1] == 'y'");
+    assert!(err("{'a': 1}.with([1], 2)").contains("a map key is a string, int or bool"));
+    assert!(!cerr("[1].with('a', 2)").is_empty());
+}
