@@ -16,74 +16,12 @@ fn example(file: &str) -> std::path::PathBuf {
         .join(file)
 }
 
-/// Events sorted by (aggregate id, version): the per-key order the log must keep.
 fn events(state: &Path) -> Vec<serde_json::Value> {
-    let recs = read_topic(state, "account_events");
-    // Within one partition, one account's events are in version order.
-    for w in recs.windows(2) {
-        if w[0].partition == w[1].partition && w[0].key == w[1].key {
-            assert!(
-                w[0].value["version"].as_u64() < w[1].value["version"].as_u64(),
-                "events of {} out of order: {:?} then {:?}",
-                w[0].key,
-                w[0].value,
-                w[1].value
-            );
-        }
-    }
-    let mut v: Vec<_> = recs.into_iter().map(|r| r.value).collect();
-    v.sort_by_key(|e| {
-        (
-            e["aggregate_id"].as_str().unwrap().to_string(),
-            e["version"].as_u64().unwrap(),
-        )
-    });
-    v
+    sorted_events(state, "account_events")
 }
 
-/// Rejections without their source coordinates, sorted by (aggregate id, command id).
 fn rejections(state: &Path) -> Vec<serde_json::Value> {
-    let mut v: Vec<_> = read_topic(state, "account_rejections")
-        .into_iter()
-        .map(|r| {
-            let mut v = r.value;
-            let o = v.as_object_mut().unwrap();
-            for k in ["source", "partition", "offset"] {
-                assert!(o.remove(k).is_some(), "rejections carry {k}");
-            }
-            v
-        })
-        .collect();
-    v.sort_by_key(|e| {
-        (
-            e["aggregate_id"].as_str().unwrap().to_string(),
-            e["command_id"].as_str().unwrap().to_string(),
-        )
-    });
-    v
-}
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn compact(state: &Path, topic: &str) -> serde_json::Value {
-    let out = run_ok(
-        bin()
-            .args(["log", "read"])
-            .arg(state)
-            .args(["--topic", topic, "--compact"]),
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn run(pipeline: &Path) -> String {
-    let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(pipeline));
-    String::from_utf8(out.stdout).unwrap()
+    sorted_rejections(state, "account_rejections")
 }
 
 #[test]
@@ -92,7 +30,7 @@ fn bank_accounts_example_matches_expected_outputs() {
     for f in ["pipeline.toml", "commands.jsonl"] {
         std::fs::copy(example(f), dir.path().join(f)).unwrap();
     }
-    let summary = run(&dir.path().join("pipeline.toml"));
+    let summary = run_until_end(&dir.path().join("pipeline.toml"));
     assert!(
         summary.contains("29 read = 25 processed + 1 duplicates + 3 dead-lettered + 0 held"),
         "{summary}"
@@ -123,7 +61,7 @@ fn bank_accounts_example_matches_expected_outputs() {
     assert!(ids.contains(&"c-013:1".to_string()), "{ids:?}");
 
     // A second run finds everything committed and emits nothing.
-    let summary = run(&dir.path().join("pipeline.toml"));
+    let summary = run_until_end(&dir.path().join("pipeline.toml"));
     assert!(summary.contains(" 0 new records"), "{summary}");
     assert_eq!(events(&state).len(), 18);
     assert_eq!(rejections(&state).len(), 8);
@@ -170,9 +108,9 @@ fn state_rebuilt_by_replay_decides_like_an_uninterrupted_run() {
     };
     let (first, second) = lines.split_at(lines.len() / 2);
     append(first);
-    run(&dir.path().join("pipeline.toml"));
+    run_until_end(&dir.path().join("pipeline.toml"));
     append(second);
-    let summary = run(&dir.path().join("pipeline.toml"));
+    let summary = run_until_end(&dir.path().join("pipeline.toml"));
     assert!(summary.contains("replayed"), "{summary}");
 
     let state = dir.path().join("data/state");

@@ -17,16 +17,6 @@ fn copy_example(name: &str, to: &Path) {
     }
 }
 
-fn compact(dir: &Path, topic: &str) -> serde_json::Value {
-    let out = run_ok(
-        bin()
-            .args(["log", "read"])
-            .arg(dir)
-            .args(["--topic", topic, "--compact"]),
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn bank_example_matches_expected_and_a_second_run_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,11 +50,6 @@ types = ["AccountClosed"]
 delete = "true"
 "#;
 
-fn run(pipeline: &Path) -> String {
-    let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(pipeline));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn aggregate_events_as_cloudevents_feed_a_projection() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +61,7 @@ fn aggregate_events_as_cloudevents_feed_a_projection() {
         );
     std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
     std::fs::copy(example("commands.jsonl"), dir.path().join("commands.jsonl")).unwrap();
-    run(&dir.path().join("pipeline.toml"));
+    run_until_end(&dir.path().join("pipeline.toml"));
 
     let events = read_topic(&dir.path().join("data/state"), "account_events");
     assert_eq!(events.len(), 18);
@@ -87,7 +82,7 @@ fn aggregate_events_as_cloudevents_feed_a_projection() {
     assert_eq!(e["data"]["owner"], "Ada Lovelace");
 
     std::fs::write(dir.path().join("projection.toml"), PROJECTION).unwrap();
-    let summary = run(&dir.path().join("projection.toml"));
+    let summary = run_until_end(&dir.path().join("projection.toml"));
     assert!(summary.contains("18 read = 18 processed"), "{summary}");
     let out = run_ok(
         bin()
@@ -128,7 +123,7 @@ fn invalid_envelopes_are_dead_lettered_with_the_reason() {
         }
     }
     assert!(child.wait().unwrap().success());
-    let summary = run(&dir.path().join("p.toml"));
+    let summary = run_until_end(&dir.path().join("p.toml"));
     assert!(
         summary.contains("6 read = 2 processed + 0 duplicates + 4 dead-lettered"),
         "{summary}"

@@ -13,23 +13,8 @@ fn example(file: &str) -> std::path::PathBuf {
         .join(file)
 }
 
-fn compact(state: &Path, topic: &str) -> serde_json::Value {
-    let out = run_ok(
-        bin()
-            .args(["log", "read"])
-            .arg(state)
-            .args(["--topic", topic, "--compact"]),
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn run(pipeline: &Path) -> String {
-    let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(pipeline));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn expected(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(example(name)).unwrap()).unwrap()
+    json_file(&example(name))
 }
 
 fn setup() -> tempfile::TempDir {
@@ -37,7 +22,7 @@ fn setup() -> tempfile::TempDir {
     for f in ["pipeline.toml", "projections.toml", "commands.jsonl"] {
         std::fs::copy(example(f), dir.path().join(f)).unwrap();
     }
-    run(&dir.path().join("pipeline.toml"));
+    run_until_end(&dir.path().join("pipeline.toml"));
     dir
 }
 
@@ -46,7 +31,7 @@ const VIEWS: [&str; 3] = ["balances", "monthly_statements", "daily_report"];
 #[test]
 fn bank_projections_match_expected_read_models() {
     let dir = setup();
-    let summary = run(&dir.path().join("projections.toml"));
+    let summary = run_until_end(&dir.path().join("projections.toml"));
     assert!(
         summary.contains("18 read = 18 processed + 0 duplicates + 0 dead-lettered + 0 held"),
         "{summary}"
@@ -88,7 +73,7 @@ fn bank_projections_match_expected_read_models() {
     );
 
     // Nothing new: a second run emits nothing.
-    let summary = run(&dir.path().join("projections.toml"));
+    let summary = run_until_end(&dir.path().join("projections.toml"));
     assert!(summary.contains(" 0 new records"), "{summary}");
     for v in VIEWS {
         assert_eq!(compact(&state, v), expected(&format!("expected_{v}.json")));
@@ -118,8 +103,8 @@ fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
         lines[..half].join("\n") + "\n",
     )
     .unwrap();
-    run(&dir.path().join("pipeline.toml"));
-    run(&dir.path().join("projections.toml"));
+    run_until_end(&dir.path().join("pipeline.toml"));
+    run_until_end(&dir.path().join("projections.toml"));
 
     // The rest of the commands, appended to the aggregate's input log.
     let mut child = bin()
@@ -138,8 +123,8 @@ fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
         }
     }
     assert!(child.wait().unwrap().success());
-    run(&dir.path().join("pipeline.toml"));
-    let summary = run(&dir.path().join("projections.toml"));
+    run_until_end(&dir.path().join("pipeline.toml"));
+    let summary = run_until_end(&dir.path().join("projections.toml"));
     assert!(summary.contains("replayed"), "{summary}");
 
     let state = dir.path().join("data/projections");

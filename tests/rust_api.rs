@@ -245,14 +245,6 @@ fn example(file: &str) -> std::path::PathBuf {
         .join(file)
 }
 
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn rust_aggregate_matches_the_declared_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,3 +100,81 @@ entries = {{ op = "count" }}
     .unwrap();
     path
 }
+
+/// JSON lines of a file.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A JSON file.
+pub fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `onceflow log read DIR --topic T --compact`: the latest value per key.
+pub fn compact(dir: &Path, topic: &str) -> serde_json::Value {
+    let out = run_ok(
+        bin()
+            .args(["log", "read"])
+            .arg(dir)
+            .args(["--topic", topic, "--compact"]),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `onceflow run --until-end --quiet PIPELINE`; its summary.
+pub fn run_until_end(pipeline: &Path) -> String {
+    let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(pipeline));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An aggregate's events sorted by (aggregate id, version), after checking that each
+/// aggregate's events are in version order within their partition.
+pub fn sorted_events(state: &Path, topic: &str) -> Vec<serde_json::Value> {
+    let recs = read_topic(state, topic);
+    for w in recs.windows(2) {
+        if w[0].partition == w[1].partition && w[0].key == w[1].key {
+            assert!(
+                w[0].value["version"].as_u64() < w[1].value["version"].as_u64(),
+                "events of {} out of order: {:?} then {:?}",
+                w[0].key,
+                w[0].value,
+                w[1].value
+            );
+        }
+    }
+    let mut v: Vec<_> = recs.into_iter().map(|r| r.value).collect();
+    v.sort_by_key(|e| {
+        (
+            e["aggregate_id"].as_str().unwrap().to_string(),
+            e["version"].as_u64().unwrap(),
+        )
+    });
+    v
+}
+
+/// Rejections without their source coordinates, sorted by (aggregate id, command id).
+pub fn sorted_rejections(state: &Path, topic: &str) -> Vec<serde_json::Value> {
+    let mut v: Vec<_> = read_topic(state, topic)
+        .into_iter()
+        .map(|r| {
+            let mut v = r.value;
+            let o = v.as_object_mut().unwrap();
+            for k in ["source", "partition", "offset"] {
+                assert!(o.remove(k).is_some(), "rejections carry {k}");
+            }
+            v
+        })
+        .collect();
+    v.sort_by_key(|e| {
+        (
+            e["aggregate_id"].as_str().unwrap().to_string(),
+            e["command_id"].as_str().unwrap().to_string(),
+        )
+    });
+    v
+}
