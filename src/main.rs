@@ -86,6 +86,13 @@ enum GenCmd {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: `onceflow ... | head` ends quietly when the reader goes away
+    // (whatever was committed stays committed) instead of panicking on a broken pipe.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run {
