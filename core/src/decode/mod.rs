@@ -434,4 +434,28 @@ mod duplicate_keys {
             .unwrap();
         assert_eq!(out, [Value::Missing, Value::Missing, Value::Missing]);
     }
+
+    #[test]
+    fn a_path_wanted_as_value_and_prefix_is_composite_when_an_object() {
+        // Found by the decode fuzz target: `data` wanted as a value (CloudEvents checks
+        // it) and as the prefix of `data.x`; a scalar `data` followed by an object one.
+        let ex = Extractor::new(&[
+            FieldPath::parse("data").unwrap(),
+            FieldPath::parse("data.x").unwrap(),
+        ]);
+        let mut out = vec![Value::Missing; 2];
+        ex.extract(
+            br#"{"data":7,"data":{"x":-1.5e3,"y":{}}}"#,
+            &mut Vec::new(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, [Value::Composite, Value::Float(-1500.0)]);
+        ex.extract(br#"{"data":{"x":1}}"#, &mut Vec::new(), &mut out)
+            .unwrap();
+        assert_eq!(out, [Value::Composite, Value::Int(1)]);
+        ex.extract(br#"{"data":{"x":1},"data":2}"#, &mut Vec::new(), &mut out)
+            .unwrap();
+        assert_eq!(out, [Value::Int(2), Value::Missing]);
+    }
 }

@@ -122,6 +122,10 @@ impl<'a> Scanner<'a> {
                 Some((_, slot, Some(child))) => {
                     child.clear(out);
                     if self.peek() == Some(b'{') {
+                        // Wanted both as a value and as a prefix: the value is an object.
+                        if let Some(s) = slot {
+                            out[*s] = Value::Composite;
+                        }
                         self.object(Some(child), arena, out)?;
                     } else {
                         let v = self.value(arena)?;
