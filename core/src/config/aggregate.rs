@@ -311,7 +311,8 @@ fn article(t: Type) -> &'static str {
     }
 }
 
-fn type_from_name(s: &str) -> Option<Type> {
+/// A declared field type by its name (`type = "int"`).
+pub(super) fn type_from_name(s: &str) -> Option<Type> {
     Some(match s {
         "int" => Type::Int,
         "double" => Type::Double,
@@ -326,7 +327,8 @@ fn type_from_name(s: &str) -> Option<Type> {
     })
 }
 
-const TYPE_NAMES: &[&str] = &[
+/// Names [`type_from_name`] knows.
+pub(super) const TYPE_NAMES: &[&str] = &[
     "int",
     "double",
     "string",
@@ -719,7 +721,8 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
     })
 }
 
-fn valid_ident(s: &str) -> bool {
+/// A field name: letters, digits and `_`, not starting with a digit.
+pub(super) fn valid_ident(s: &str) -> bool {
     let mut chars = s.chars();
     chars
         .next()

@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use super::aggregate::{TYPE_NAMES, type_from_name, valid_ident};
 use super::walk::{self, Cx, Table};
 use super::{Expr, FieldPath, MAX_PARTITIONS, defaults, valid_name};
 use crate::expr::{self, Scope, Slot, Type};
@@ -159,13 +160,6 @@ fn compile(
     }
 }
 
-fn valid_ident(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Reads `[[projections]]` (and `projection_type_field` from the root); `None` when there
 /// are none.
 pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<ProjectionsConfig> {
@@ -281,7 +275,9 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                     if !t.is_present() {
                         continue;
                     }
-                    let ty = t.choice(cx, "type", TYPES).and_then(|s| type_named(&s));
+                    let ty = t
+                        .choice(cx, "type", TYPE_NAMES)
+                        .and_then(|s| type_from_name(&s));
                     let d = compile(cx, &mut t, "default", &consts, None);
                     if t.keys().iter().all(|k| k != "type" && k != "default") {
                         cx.error(&t.path, t.span(), "give `type` and `default`");
@@ -416,32 +412,5 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
         type_field: type_field.unwrap_or_else(|| FieldPath::parse("type").expect("valid")),
         list,
         event_fields: event.into_inner(),
-    })
-}
-
-const TYPES: &[&str] = &[
-    "int",
-    "double",
-    "string",
-    "bool",
-    "timestamp",
-    "duration",
-    "list",
-    "map",
-    "dyn",
-];
-
-fn type_named(s: &str) -> Option<Type> {
-    Some(match s {
-        "int" => Type::Int,
-        "double" => Type::Double,
-        "string" => Type::String,
-        "bool" => Type::Bool,
-        "timestamp" => Type::Timestamp,
-        "duration" => Type::Duration,
-        "list" => Type::List,
-        "map" => Type::Map,
-        "dyn" => Type::Dyn,
-        _ => return None,
     })
 }
