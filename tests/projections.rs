@@ -187,9 +187,9 @@ when = "row.n"
         "projections[0].key (line 14): column 21: expected an expression",
         "projections[0].fields.key (line 15): field names are identifiers other than `key` and `version`",
         "projections[0].on[0].set.balanse (line 19): not a field of this projection (fields: balance)",
-        "projections[0].on[0].set.balance (line 19): must be int, but `'x'` is string",
+        "projections[0].on[0].set.balance (line 19): must be an int, but `'x'` is a string",
         "projections[1].name (line 21): duplicate projection name \"balances\"",
-        "projections[1].on[0].when (line 27): must be bool, but `row.n` is int",
+        "projections[1].on[0].when (line 27): must be a bool, but `row.n` is an int",
         "projections[1].on[0] (line 26): does nothing: give it `set` or `delete`",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");

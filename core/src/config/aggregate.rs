@@ -246,63 +246,61 @@ impl Scope for Vars<'_> {
 }
 
 /// Compiles the string at `t.key` as an expression, reporting errors at its TOML path.
-fn expr_at(
+/// `want`: the result type it must have (`null` passes where a value is wanted, as it does
+/// at run time). `hint`: `(needle, text)`, appended to an error that mentions `needle`.
+pub(super) fn expr_at<S: Scope + ?Sized>(
     cx: &mut Cx<'_>,
     t: &mut Table<'_, '_>,
     key: &str,
-    vars: &Vars<'_>,
+    scope: &S,
     want: Option<Type>,
+    hint: Option<(&str, &str)>,
 ) -> Option<Expr> {
     let span = t.raw(key).map(|v| v.span());
     let src = t.string(cx, key)?;
-    compile_at(cx, &walk::join(&t.path, key), span, &src, vars, want)
-}
-
-fn compile_at(
-    cx: &mut Cx<'_>,
-    path: &str,
-    span: Option<std::ops::Range<usize>>,
-    src: &str,
-    vars: &Vars<'_>,
-    want: Option<Type>,
-) -> Option<Expr> {
-    match expr::compile(src, vars) {
+    let path = walk::join(&t.path, key);
+    match expr::compile(&src, scope) {
         Ok(p) => {
+            let got = p.result_type();
             if let Some(w) = want
-                && !matches!(p.result_type(), Type::Dyn)
-                && p.result_type() != w
+                && got != Type::Dyn
+                && got != w
+                && !(got == Type::Null && w != Type::Bool)
             {
                 cx.error(
-                    path,
+                    &path,
                     span,
                     format!(
-                        "must be {} {w}, but `{src}` is {} {}",
+                        "must be {} {w}, but `{src}` is {} {got}",
                         article(w),
-                        article(p.result_type()),
-                        p.result_type()
+                        article(got)
                     ),
                 );
                 return None;
             }
             Some(Expr {
-                src: src.to_string(),
+                src,
                 program: Arc::new(p),
             })
         }
         Err(errors) => {
             for e in errors {
-                let hint = match vars {
-                    Vars::Applier { .. } if e.message.contains("'cmd") => {
-                        "; appliers see only state, event and aggregate (they are replayed from events alone): put what they need into the event's data"
-                    }
+                let extra = match hint {
+                    Some((needle, text)) if e.message.contains(needle) => text,
                     _ => "",
                 };
-                cx.error(path, span.clone(), format!("{e} in `{src}`{hint}"));
+                cx.error(&path, span.clone(), format!("{e} in `{src}`{extra}"));
             }
             None
         }
     }
 }
+
+/// The hint for appliers that read the command.
+const APPLIER_HINT: Option<(&str, &str)> = Some((
+    "'cmd",
+    "; appliers see only state, event and aggregate (they are replayed from events alone): put what they need into the event's data",
+));
 
 fn article(t: Type) -> &'static str {
     match t {
@@ -434,7 +432,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
         }
         let field = match st.raw(&fname).map(|v| v.get_ref()) {
             Some(toml::de::DeValue::String(_)) => {
-                expr_at(cx, &mut st, &fname, &Vars::Constants, None).map(|e| StateField {
+                expr_at(cx, &mut st, &fname, &Vars::Constants, None, None).map(|e| StateField {
                     name: fname.clone(),
                     ty: e.program.result_type(),
                     default: e,
@@ -462,7 +460,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
                         "is required: the value of a new aggregate, e.g. \"0\" or \"''\"",
                     );
                 }
-                let default = expr_at(cx, &mut ft, "default", &Vars::Constants, None);
+                let default = expr_at(cx, &mut ft, "default", &Vars::Constants, None, None);
                 ft.finish(cx);
                 match (ty, default) {
                     (Some(ty), Some(d)) => {
@@ -542,7 +540,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
                     "is required: a bool expression the command must satisfy",
                 );
             }
-            let require = expr_at(cx, &mut r, "require", &cmd_vars, Some(Type::Bool));
+            let require = expr_at(cx, &mut r, "require", &cmd_vars, Some(Type::Bool), None);
             let reason = r.required_string(cx, "reason");
             if let Some(rs) = &reason
                 && !valid_ident(rs)
@@ -553,7 +551,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
                     format!("\"{rs}\" is not a reason code: use letters, digits and '_' (e.g. insufficient_funds); put prose into `message`"),
                 );
             }
-            let message = expr_at(cx, &mut r, "message", &cmd_vars, Some(Type::String));
+            let message = expr_at(cx, &mut r, "message", &cmd_vars, Some(Type::String), None);
             r.finish(cx);
             if let (Some(require), Some(reason)) = (require, reason) {
                 rules.push(Rule {
@@ -575,7 +573,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
                     format!("\"{t}\" is not a valid event type name"),
                 );
             }
-            let when = expr_at(cx, &mut e, "when", &cmd_vars, Some(Type::Bool));
+            let when = expr_at(cx, &mut e, "when", &cmd_vars, Some(Type::Bool), None);
             let mut dt = e.table(cx, "data");
             let mut data = Vec::new();
             for dname in dt.keys() {
@@ -588,7 +586,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
                     );
                     continue;
                 }
-                if let Some(x) = expr_at(cx, &mut dt, &dname, &cmd_vars, None) {
+                if let Some(x) = expr_at(cx, &mut dt, &dname, &cmd_vars, None, None) {
                     data.push((dname, x));
                 }
             }
@@ -695,7 +693,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
                 continue;
             };
             let want = Some(state[si].ty).filter(|t| *t != Type::Dyn);
-            if let Some(x) = expr_at(cx, &mut t, &field, &vars, want) {
+            if let Some(x) = expr_at(cx, &mut t, &field, &vars, want, APPLIER_HINT) {
                 set.push((si, x));
             }
         }

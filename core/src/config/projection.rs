@@ -11,12 +11,11 @@
 //! before this event), `row.key`.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
-use super::aggregate::{TYPE_NAMES, type_from_name, valid_ident};
+use super::aggregate::{TYPE_NAMES, expr_at, type_from_name, valid_ident};
 use super::walk::{self, Cx, Table};
 use super::{Expr, FieldPath, MAX_PARTITIONS, defaults, valid_name};
-use crate::expr::{self, Scope, Slot, Type};
+use crate::expr::{Scope, Slot, Type};
 
 /// Where projection variables live.
 pub mod slots {
@@ -125,41 +124,6 @@ impl Scope for Vars<'_> {
     }
 }
 
-fn compile(
-    cx: &mut Cx<'_>,
-    t: &mut Table<'_, '_>,
-    key: &str,
-    vars: &Vars<'_>,
-    want: Option<Type>,
-) -> Option<Expr> {
-    let span = t.raw(key).map(|v| v.span());
-    let src = t.string(cx, key)?;
-    let path = walk::join(&t.path, key);
-    match expr::compile(&src, vars) {
-        Ok(p) => {
-            let got = p.result_type();
-            if let Some(w) = want
-                && got != Type::Dyn
-                && got != w
-                && !(got == Type::Null && w != Type::Bool)
-            {
-                cx.error(&path, span, format!("must be {w}, but `{src}` is {got}"));
-                return None;
-            }
-            Some(Expr {
-                src,
-                program: Arc::new(p),
-            })
-        }
-        Err(errors) => {
-            for e in errors {
-                cx.error(&path, span.clone(), format!("{e} in `{src}`"));
-            }
-            None
-        }
-    }
-}
-
 /// Reads `[[projections]]` (and `projection_type_field` from the root); `None` when there
 /// are none.
 pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<ProjectionsConfig> {
@@ -219,7 +183,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
             row: None,
             event: &event,
         };
-        let when = compile(cx, &mut p, "when", &no_row, Some(Type::Bool));
+        let when = expr_at(cx, &mut p, "when", &no_row, Some(Type::Bool), None);
         if p.keys().iter().all(|k| k != "key") {
             cx.error(
                 &walk::join(&p.path, "key"),
@@ -227,7 +191,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                 "is required: the row key, e.g. key = \"event.aggregate_id\"",
             );
         }
-        let key = compile(cx, &mut p, "key", &no_row, None);
+        let key = expr_at(cx, &mut p, "key", &no_row, None, None);
         if let Some(k) = &key
             && !matches!(
                 k.program.result_type(),
@@ -264,12 +228,13 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                 event: &RefCell::new(Vec::new()),
             };
             let field = match ft.raw(&fname).map(|v| v.get_ref()) {
-                Some(toml::de::DeValue::String(_)) => compile(cx, &mut ft, &fname, &consts, None)
-                    .map(|d| RowField {
+                Some(toml::de::DeValue::String(_)) => {
+                    expr_at(cx, &mut ft, &fname, &consts, None, None).map(|d| RowField {
                         name: fname.clone(),
                         ty: d.program.result_type(),
                         default: d,
-                    }),
+                    })
+                }
                 _ => {
                     let mut t = ft.table(cx, &fname);
                     if !t.is_present() {
@@ -278,7 +243,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                     let ty = t
                         .choice(cx, "type", TYPE_NAMES)
                         .and_then(|s| type_from_name(&s));
-                    let d = compile(cx, &mut t, "default", &consts, None);
+                    let d = expr_at(cx, &mut t, "default", &consts, None, None);
                     if t.keys().iter().all(|k| k != "type" && k != "default") {
                         cx.error(&t.path, t.span(), "give `type` and `default`");
                     }
@@ -348,8 +313,8 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                     Vec::new()
                 }
             };
-            let when = compile(cx, &mut h, "when", &vars, Some(Type::Bool));
-            let delete = compile(cx, &mut h, "delete", &vars, Some(Type::Bool));
+            let when = expr_at(cx, &mut h, "when", &vars, Some(Type::Bool), None);
+            let delete = expr_at(cx, &mut h, "delete", &vars, Some(Type::Bool), None);
             let mut st = h.table(cx, "set");
             let mut set = Vec::new();
             for f in st.keys() {
@@ -369,7 +334,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                     continue;
                 };
                 let want = Some(fields[i].ty).filter(|t| *t != Type::Dyn);
-                if let Some(x) = compile(cx, &mut st, &f, &vars, want) {
+                if let Some(x) = expr_at(cx, &mut st, &f, &vars, want, None) {
                     set.push((i, x));
                 }
             }
