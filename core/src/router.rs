@@ -15,6 +15,42 @@ use crate::stage::EventView;
 use crate::stats::{DeadReason, Outcomes};
 use crate::upcast::Upcaster;
 
+/// The record being routed, as dead letters and batches need it.
+struct At<'r> {
+    input: u32,
+    offset: u64,
+    ts_ms: u64,
+    raw: &'r [u8],
+    /// False while replaying: dead letters are counted, not written.
+    emit_dead: bool,
+}
+
+/// Dead-letters the record being routed (`key` if it has one) and routes it nowhere.
+fn refuse(
+    dead: &mut OutBuf,
+    inputs: &InputNames,
+    at: &At<'_>,
+    reason: DeadReason,
+    detail: &str,
+    key: &[u8],
+    o: &mut Outcomes,
+) -> Option<usize> {
+    dead_letter(
+        dead,
+        inputs,
+        reason,
+        detail,
+        at.input,
+        at.offset,
+        key,
+        None,
+        at.raw,
+        at.emit_dead,
+        o,
+    );
+    None
+}
+
 /// Where the key of an event is: a string of the decoded record, or bytes of its own.
 enum KeyAt<'a> {
     Scratch(u32, u32),
@@ -37,8 +73,9 @@ pub struct Router {
     projections: Option<ProjectionRouting>,
     /// CloudEvents envelope check, and which inputs need it (by dense input index).
     envelopes: Option<(EnvelopeCheck, Vec<bool>)>,
-    /// Keys computed for the projections of the current record.
-    targets: Vec<(u32, Vec<u8>)>,
+    /// Deliveries of the current record: (projection, key range in `target_keys`).
+    targets: Vec<(u32, usize, usize)>,
+    target_keys: Vec<u8>,
 }
 
 /// How a projection pipeline routes: every projection's `when` and `key`.
@@ -145,6 +182,7 @@ impl Router {
             scratch_vals: vec![Value::Missing; fields.len()],
             upcaster: p.upcast.as_ref().map(|u| Upcaster::new(u, &fields)),
             targets: Vec::new(),
+            target_keys: Vec::new(),
             envelopes: ce_inputs,
         }
     }
@@ -169,6 +207,13 @@ impl Router {
         o: &mut Outcomes,
     ) -> Option<usize> {
         // hot path
+        let at = At {
+            input,
+            offset,
+            ts_ms,
+            raw,
+            emit_dead,
+        };
         self.scratch_arena.clear();
         if let Err(e) = self
             .extractor
@@ -178,88 +223,46 @@ impl Router {
                 DecodeError::Malformed(_) => DeadReason::Malformed,
                 DecodeError::NotAnObject => DeadReason::NotAnObject,
             };
-            dead_letter(
-                dead,
-                &self.inputs,
-                reason,
-                &e.to_string(),
-                input,
-                offset,
-                b"",
-                None,
-                raw,
-                emit_dead,
-                o,
-            );
-            return None;
+            return refuse(dead, &self.inputs, &at, reason, &e.to_string(), b"", o);
         }
         if let Some((check, per_input)) = &self.envelopes
             && per_input[input as usize]
             && let Err(detail) = check.check(&self.scratch_vals, &self.scratch_arena)
         {
-            dead_letter(
+            return refuse(
                 dead,
                 &self.inputs,
+                &at,
                 DeadReason::InvalidCloudEvent,
                 &detail,
-                input,
-                offset,
                 b"",
-                None,
-                raw,
-                emit_dead,
                 o,
             );
-            return None;
         }
         if let Some(up) = &self.upcaster
             && let Err(detail) = up.apply(&mut self.scratch_vals, &mut self.scratch_arena)
         {
-            dead_letter(
-                dead,
-                &self.inputs,
-                DeadReason::Upcast,
-                &detail,
-                input,
-                offset,
-                b"",
-                None,
-                raw,
-                emit_dead,
-                o,
-            );
-            return None;
+            return refuse(dead, &self.inputs, &at, DeadReason::Upcast, &detail, b"", o);
         }
         if self.projections.is_some() {
-            return self.route_projections(input, offset, ts_ms, raw, batches, dead, emit_dead, o);
+            return self.route_projections(&at, batches, dead, o);
         }
         let key_val = self.scratch_vals[self.key_slot.expect("a keyed pipeline")];
-        let mut int_key = [0u8; 20];
+        let mut int_key = itoa::Buffer::new();
         let key: &[u8] = match key_val {
             Value::Str(s, l) if l > 0 => &self.scratch_arena[s as usize..(s + l) as usize],
-            Value::Int(i) => {
-                use std::io::Write;
-                let mut cur = std::io::Cursor::new(&mut int_key[..]);
-                write!(cur, "{i}").expect("20 bytes hold any i64");
-                let n = cur.position() as usize;
-                &int_key[..n]
-            }
+            Value::Int(i) => int_key.format(i).as_bytes(),
             Value::Missing => {
                 let detail = format!("the key field '{}' is missing", self.key_name);
-                dead_letter(
+                return refuse(
                     dead,
                     &self.inputs,
+                    &at,
                     DeadReason::MissingKey,
                     &detail,
-                    input,
-                    offset,
                     b"",
-                    None,
-                    raw,
-                    emit_dead,
                     o,
                 );
-                return None;
             }
             other => {
                 let kind = if matches!(other, Value::Str(..)) {
@@ -271,20 +274,7 @@ impl Router {
                     "the key field '{}' must be a non-empty string or an integer, got {kind}",
                     self.key_name
                 );
-                dead_letter(
-                    dead,
-                    &self.inputs,
-                    DeadReason::BadKey,
-                    &detail,
-                    input,
-                    offset,
-                    b"",
-                    None,
-                    raw,
-                    emit_dead,
-                    o,
-                );
-                return None;
+                return refuse(dead, &self.inputs, &at, DeadReason::BadKey, &detail, b"", o);
             }
         };
         let seq = match self.seq_slot {
@@ -309,21 +299,15 @@ impl Router {
                             self.seq_name
                         )
                     };
-                    let key = key.to_vec();
-                    dead_letter(
+                    return refuse(
                         dead,
                         &self.inputs,
+                        &at,
                         DeadReason::BadSequence,
                         &detail,
-                        input,
-                        offset,
-                        &key,
-                        None,
-                        raw,
-                        emit_dead,
+                        key,
                         o,
                     );
-                    return None;
                 }
             },
         };
@@ -341,7 +325,7 @@ impl Router {
             key_hash,
             seq,
             RECORD,
-            (input, offset, ts_ms, raw),
+            &at,
         );
         Some(shard)
     }
@@ -357,7 +341,7 @@ impl Router {
         key_hash: u64,
         seq: u64,
         target: u32,
-        (input, offset, ts_ms, raw): (u32, u64, u64, &[u8]),
+        at: &At<'_>,
     ) {
         // hot path
         let base = b.arena.len() as u32;
@@ -377,15 +361,15 @@ impl Router {
             }
         };
         let raw_at = b.arena.len() as u32;
-        b.arena.extend_from_slice(raw);
+        b.arena.extend_from_slice(at.raw);
         b.events.push(Event {
-            input,
-            offset,
-            ts_ms,
+            input: at.input,
+            offset: at.offset,
+            ts_ms: at.ts_ms,
             key_hash,
             key: key_range,
             seq,
-            raw: (raw_at, raw.len() as u32),
+            raw: (raw_at, at.raw.len() as u32),
             target,
         });
     }
@@ -393,16 +377,11 @@ impl Router {
     /// A projection pipeline: computes every projection's row key for the record and
     /// sends one delivery per projection that takes it. The record is counted here
     /// (processed, or dead-lettered when a `when` or `key` fails); deliveries are not.
-    #[allow(clippy::too_many_arguments)]
     fn route_projections(
         &mut self,
-        input: u32,
-        offset: u64,
-        ts_ms: u64,
-        raw: &[u8],
+        at: &At<'_>,
         batches: &mut [EventBatch],
         dead: &mut OutBuf,
-        emit_dead: bool,
         o: &mut Outcomes,
     ) -> Option<usize> {
         let pr = self.projections.as_ref().expect("projection pipeline");
@@ -413,7 +392,9 @@ impl Router {
             },
             event_slots: &pr.event_slots,
         };
+        // Keys of this record's deliveries, end to end in one reused buffer.
         self.targets.clear();
+        self.target_keys.clear();
         let mut failure = None;
         for (i, (name, when, key)) in pr.list.iter().enumerate() {
             if let Some(w) = when {
@@ -427,10 +408,16 @@ impl Router {
                 }
             }
             // Row keys are namespaced by projection: two projections may use the same key.
-            let mut k = (i as u16).to_be_bytes().to_vec();
+            let start = self.target_keys.len();
+            self.target_keys
+                .extend_from_slice(&(i as u16).to_be_bytes());
             match key.eval(&env) {
-                Ok(Val::Str(s)) if !s.is_empty() => k.extend_from_slice(s.as_bytes()),
-                Ok(Val::Int(n)) => k.extend_from_slice(n.to_string().as_bytes()),
+                Ok(Val::Str(s)) if !s.is_empty() => {
+                    self.target_keys.extend_from_slice(s.as_bytes())
+                }
+                Ok(Val::Int(n)) => self
+                    .target_keys
+                    .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                 Ok(other) => {
                     failure = Some(format!(
                         "projection '{name}': key `{}` must give a non-empty string or an int, got {}",
@@ -448,27 +435,15 @@ impl Router {
                     break;
                 }
             }
-            self.targets.push((i as u32, k));
+            self.targets.push((i as u32, start, self.target_keys.len()));
         }
         if let Some(detail) = failure {
-            dead_letter(
-                dead,
-                &self.inputs,
-                DeadReason::BadKey,
-                &detail,
-                input,
-                offset,
-                b"",
-                None,
-                raw,
-                emit_dead,
-                o,
-            );
-            return None;
+            return refuse(dead, &self.inputs, at, DeadReason::BadKey, &detail, b"", o);
         }
         o.processed += 1;
         let mut last = None;
-        for (target, key) in &self.targets {
+        for &(target, start, end) in &self.targets {
+            let key = &self.target_keys[start..end];
             let key_hash = stable_hash(key);
             let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
             Self::push(
@@ -478,8 +453,8 @@ impl Router {
                 KeyAt::Bytes(key),
                 key_hash,
                 0,
-                *target,
-                (input, offset, ts_ms, raw),
+                target,
+                at,
             );
             last = Some(shard);
         }
