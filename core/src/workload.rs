@@ -56,6 +56,72 @@ impl Rng {
     }
 }
 
+/// Delivers generated lines the way a real producer might: some a little late (after
+/// their key's next line) and some twice (the copy a few lines later).
+struct Delivery {
+    reorder_rate: f64,
+    duplicate_rate: f64,
+    /// Per key: a line held back until the key's next one.
+    delayed: Vec<Option<Vec<u8>>>,
+    /// Copies waiting to be delivered again.
+    recent: Vec<Vec<u8>>,
+    lines: u64,
+}
+
+impl Delivery {
+    fn new(params: &BankParams, keys: u64) -> Self {
+        Delivery {
+            reorder_rate: params.reorder_rate,
+            duplicate_rate: params.duplicate_rate,
+            delayed: vec![None; keys as usize],
+            recent: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    /// Delivers `line` of key `k`; `may_delay` false keeps it in place (e.g. the line
+    /// that creates the key).
+    fn deliver(
+        &mut self,
+        rng: &mut Rng,
+        k: u64,
+        may_delay: bool,
+        line: &[u8],
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        let held = self.delayed[k as usize].take();
+        if may_delay && rng.chance(self.reorder_rate) && held.is_none() {
+            self.delayed[k as usize] = Some(line.to_vec());
+        } else {
+            out.write_all(line)?;
+            self.lines += 1;
+            if let Some(h) = held {
+                out.write_all(&h)?;
+                self.lines += 1;
+            }
+        }
+        if rng.chance(self.duplicate_rate) {
+            self.recent.push(line.to_vec());
+        }
+        if self.recent.len() >= 8 || (!self.recent.is_empty() && rng.below(4) == 0) {
+            let d = self.recent.remove(0);
+            out.write_all(&d)?;
+            self.lines += 1;
+        }
+        Ok(())
+    }
+
+    /// Delivers what is still held back; returns the number of lines written.
+    fn finish(self, out: &mut impl Write) -> io::Result<u64> {
+        let mut lines = self.lines;
+        for d in self.delayed.into_iter().flatten().chain(self.recent) {
+            out.write_all(&d)?;
+            lines += 1;
+        }
+        Ok(lines)
+    }
+}
+
 /// Event time of the first entry: 2026-01-01T00:00:00Z in ms.
 pub const BANK_EPOCH_MS: u64 = 1_767_225_600_000;
 
@@ -72,9 +138,7 @@ pub fn write_bank(params: &BankParams, out: &mut impl Write) -> io::Result<u64> 
     let mut rng = Rng::new(params.seed);
     let accounts = params.accounts.max(1);
     let mut next_seq = vec![1u64; accounts as usize];
-    let mut delayed: Vec<Option<Vec<u8>>> = vec![None; accounts as usize];
-    let mut recent: Vec<Vec<u8>> = Vec::new();
-    let mut lines = 0u64;
+    let mut delivery = Delivery::new(params, accounts);
     let mut line = Vec::with_capacity(128);
     for i in 0..params.events {
         let a = rng.below(accounts);
@@ -93,31 +157,9 @@ pub fn write_bank(params: &BankParams, out: &mut impl Write) -> io::Result<u64> 
             if credit { "credit" } else { "debit" },
             BANK_EPOCH_MS + i * 37
         )?;
-        let held = delayed[a as usize].take();
-        if rng.chance(params.reorder_rate) && held.is_none() {
-            delayed[a as usize] = Some(line.clone());
-        } else {
-            out.write_all(&line)?;
-            lines += 1;
-            if let Some(h) = held {
-                out.write_all(&h)?;
-                lines += 1;
-            }
-        }
-        if rng.chance(params.duplicate_rate) {
-            recent.push(line.clone());
-        }
-        if recent.len() >= 8 || (!recent.is_empty() && rng.below(4) == 0) {
-            let d = recent.remove(0);
-            out.write_all(&d)?;
-            lines += 1;
-        }
+        delivery.deliver(&mut rng, a, true, &line, out)?;
     }
-    for d in delayed.into_iter().flatten().chain(recent) {
-        out.write_all(&d)?;
-        lines += 1;
-    }
-    Ok(lines)
+    delivery.finish(out)
 }
 
 /// Writes commands for the account aggregate of `examples/bank-accounts`, as JSON lines.
@@ -133,9 +175,7 @@ pub fn write_account_commands(params: &BankParams, out: &mut impl Write) -> io::
     let mut next_seq = vec![1u64; accounts as usize];
     let mut balance = vec![0i64; accounts as usize];
     let mut frozen = vec![false; accounts as usize];
-    let mut recent: Vec<Vec<u8>> = Vec::new();
-    let mut delayed: Vec<Option<Vec<u8>>> = vec![None; accounts as usize];
-    let mut lines = 0u64;
+    let mut delivery = Delivery::new(params, accounts);
     let mut line = Vec::with_capacity(160);
     for i in 0..params.events {
         // Open every account before anything else happens to it.
@@ -179,31 +219,9 @@ pub fn write_account_commands(params: &BankParams, out: &mut impl Write) -> io::
             }
             write!(line, "\"type\":\"Withdraw\",\"amount\":{amount}}}\n")?;
         }
-        let held = delayed[a as usize].take();
-        if seq > 1 && rng.chance(params.reorder_rate) && held.is_none() {
-            delayed[a as usize] = Some(line.clone());
-        } else {
-            out.write_all(&line)?;
-            lines += 1;
-            if let Some(h) = held {
-                out.write_all(&h)?;
-                lines += 1;
-            }
-        }
-        if rng.chance(params.duplicate_rate) {
-            recent.push(line.clone());
-        }
-        if recent.len() >= 8 || (!recent.is_empty() && rng.below(4) == 0) {
-            let d = recent.remove(0);
-            out.write_all(&d)?;
-            lines += 1;
-        }
+        delivery.deliver(&mut rng, a, seq > 1, &line, out)?;
     }
-    for d in delayed.into_iter().flatten().chain(recent) {
-        out.write_all(&d)?;
-        lines += 1;
-    }
-    Ok(lines)
+    delivery.finish(out)
 }
 
 #[cfg(test)]
