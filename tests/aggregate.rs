@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 
@@ -83,28 +81,18 @@ fn state_rebuilt_by_replay_decides_like_an_uninterrupted_run() {
         .map(str::to_string)
         .collect();
     let append = |part: &[String]| {
-        let mut child = bin()
-            .args(["log", "append"])
-            .arg(dir.path().join("data/input"))
-            .args([
+        log_append(
+            &dir.path().join("data/input"),
+            &[
                 "--topic",
                 "commands",
                 "--key",
                 "account",
                 "--partitions",
                 "4",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        for l in part {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        drop(stdin);
-        assert!(child.wait().unwrap().success());
+            ],
+            part,
+        )
     };
     let (first, second) = lines.split_at(lines.len() / 2);
     append(first);

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 
@@ -101,28 +99,18 @@ fn aggregate_events_as_cloudevents_feed_a_projection() {
 fn invalid_envelopes_are_dead_lettered_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.toml"), PROJECTION).unwrap();
-    let mut child = bin()
-        .args(["log", "append"])
-        .arg(dir.path().join("data/state"))
-        .args(["--topic", "account_events"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for l in [
+    log_append(
+        &dir.path().join("data/state"),
+        &["--topic", "account_events"],
+        [
             r#"{"specversion":"1.0","id":"e1","source":"/s","type":"Deposited","subject":"A","data":{"amount":5}}"#,
             r#"{"id":"e2","source":"/s","type":"Deposited","subject":"A","data":{"amount":5}}"#,
             r#"{"specversion":"0.3","id":"e3","source":"/s","type":"Deposited","subject":"A","data":{"amount":5}}"#,
             r#"{"specversion":"1.0","id":"e4","type":"Deposited","subject":"A","data":{"amount":5}}"#,
             r#"{"specversion":"1.0","id":"e5","source":"/s","type":"Deposited","subject":"A","time":"not a time","data":{"amount":5}}"#,
             r#"{"specversion":"1.0","id":"e6","source":"/s","type":"Deposited","subject":"A","time":"2026-01-01T00:00:00Z","data":{"amount":7}}"#,
-        ] {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    assert!(child.wait().unwrap().success());
+        ],
+    );
     let summary = run_until_end(&dir.path().join("p.toml"));
     assert!(
         summary.contains("6 read = 2 processed + 0 duplicates + 4 dead-lettered"),

@@ -107,22 +107,11 @@ fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
     run_until_end(&dir.path().join("projections.toml"));
 
     // The rest of the commands, appended to the aggregate's input log.
-    let mut child = bin()
-        .args(["log", "append"])
-        .arg(dir.path().join("data/input"))
-        .args(["--topic", "commands", "--key", "account"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        for l in &lines[half..] {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    assert!(child.wait().unwrap().success());
+    log_append(
+        &dir.path().join("data/input"),
+        &["--topic", "commands", "--key", "account"],
+        &lines[half..],
+    );
     run_until_end(&dir.path().join("pipeline.toml"));
     let summary = run_until_end(&dir.path().join("projections.toml"));
     assert!(summary.contains("replayed"), "{summary}");

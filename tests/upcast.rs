@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 
@@ -73,22 +71,13 @@ fn version(line: &str, v: u8) -> String {
 
 fn run_with(dir: &Path, lines: &[String]) -> (serde_json::Value, Vec<Rec>) {
     std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
-    let mut child = bin()
-        .args(["log", "append"])
-        .arg(dir.join("input"))
-        // One partition: the key field's name differs between versions, and one partition
-        // keeps every account's entries in order whatever their version.
-        .args(["--topic", "entries", "--partitions", "1", "--no-fsync"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    // One partition: the key field's name differs between versions, and one partition
+    // keeps every account's entries in order whatever their version.
+    log_append(
+        &dir.join("input"),
+        &["--topic", "entries", "--partitions", "1", "--no-fsync"],
+        lines,
+    );
     let out = run_ok(
         bin()
             .args(["run", "--until-end", "--quiet"])

@@ -178,3 +178,31 @@ pub fn sorted_rejections(state: &Path, topic: &str) -> Vec<serde_json::Value> {
     });
     v
 }
+
+/// `onceflow log append LOG ARGS...` with `lines` on stdin; panics with its stderr if it fails.
+pub fn log_append<S: AsRef<[u8]>>(log: &Path, args: &[&str], lines: impl IntoIterator<Item = S>) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(["log", "append"])
+        .arg(log)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run onceflow log append");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            stdin.write_all(l.as_ref()).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "log append failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
