@@ -174,7 +174,7 @@ when = "row.n"
     for want in [
         "key.sequence (line 9): sequence checks need one key per record",
         "projections[0].key (line 14): column 21: expected an expression",
-        "projections[0].fields.key (line 15): field names are identifiers other than `key` and `version`",
+        "projections[0].fields.key (line 15): row field names are identifiers (letters, digits, '_'; not starting with a digit) other than `key` and `version`",
         "projections[0].on[0].set.balanse (line 19): not a field of this projection (fields: balance)",
         "projections[0].on[0].set.balance (line 19): must be an int, but `'x'` is a string",
         "projections[1].name (line 21): duplicate projection name \"balances\"",

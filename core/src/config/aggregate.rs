@@ -65,7 +65,7 @@ impl PartialEq for Expr {
     }
 }
 
-/// A field of the aggregate's state.
+/// A typed field with a default: of an aggregate's state, or of a projection's rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateField {
     /// Name (`state.<name>`).
@@ -356,6 +356,109 @@ fn topic_or(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, default: String) 
     topic
 }
 
+/// Fields with a type and a constant default, as `[aggregate.state]` and a projection's
+/// `fields` declare them: `name = "<default>"` (the default's type is the field's) or
+/// `name = { type = "...", default = "..." }`. `reserved` names are refused.
+pub(super) fn typed_fields(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    what: &str,
+    reserved: &[&str],
+) -> Vec<StateField> {
+    let mut fields = Vec::new();
+    for fname in t.keys() {
+        let path = walk::join(&t.path, &fname);
+        let fspan = t.raw(&fname).map(|v| v.span());
+        if !valid_ident(&fname) || reserved.contains(&fname.as_str()) {
+            let mut msg = format!(
+                "{what} field names are identifiers (letters, digits, '_'; not starting with a digit)"
+            );
+            if !reserved.is_empty() {
+                msg.push_str(&format!(
+                    " other than {} (every row carries those)",
+                    reserved
+                        .iter()
+                        .map(|r| format!("`{r}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ));
+            }
+            cx.error(&path, fspan, msg);
+            continue;
+        }
+        let field = match t.raw(&fname).map(|v| v.get_ref()) {
+            Some(toml::de::DeValue::String(_)) => {
+                expr_at(cx, t, &fname, &Vars::Constants, None, None).map(|e| StateField {
+                    name: fname.clone(),
+                    ty: e.program.result_type(),
+                    default: e,
+                })
+            }
+            _ => {
+                let mut ft = t.table(cx, &fname);
+                if !ft.is_present() {
+                    continue;
+                }
+                let ty = ft
+                    .choice(cx, "type", TYPE_NAMES)
+                    .and_then(|s| type_from_name(&s));
+                if ty.is_none() && ft.keys().iter().all(|k| k != "type") {
+                    cx.error(
+                        &walk::join(&ft.path, "type"),
+                        ft.span(),
+                        format!("is required: one of {}", TYPE_NAMES.join(", ")),
+                    );
+                }
+                if ft.keys().iter().all(|k| k != "default") {
+                    cx.error(
+                        &walk::join(&ft.path, "default"),
+                        ft.span(),
+                        "is required: the value of a new one, e.g. \"0\" or \"''\"",
+                    );
+                }
+                let default = expr_at(cx, &mut ft, "default", &Vars::Constants, None, None);
+                ft.finish(cx);
+                match (ty, default) {
+                    (Some(ty), Some(d)) => {
+                        let dt = d.program.result_type();
+                        if ty != Type::Dyn && dt != ty && dt != Type::Null {
+                            cx.error(
+                                &walk::join(&path, "default"),
+                                None,
+                                format!(
+                                    "the default `{}` is {} {dt}, not {} {ty}",
+                                    d.src,
+                                    article(dt),
+                                    article(ty)
+                                ),
+                            );
+                            None
+                        } else {
+                            Some(StateField {
+                                name: fname.clone(),
+                                ty,
+                                default: d,
+                            })
+                        }
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(f) = field {
+            if f.ty == Type::Null {
+                cx.error(
+                    &path,
+                    fspan,
+                    "a null default says nothing about the field's type: write { type = \"string\", default = \"null\" } (or the type it holds)",
+                );
+            }
+            fields.push(f);
+        }
+    }
+    fields
+}
+
 /// Reads and checks `[aggregate]` (an absent table gives `None` and no errors).
 pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateConfig> {
     if !a.is_present() {
@@ -421,85 +524,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
             "is required: the fields of the aggregate's state, e.g. balance = \"0\"",
         );
     }
-    let mut state = Vec::new();
-    for fname in st.keys() {
-        let path = walk::join(&st.path, &fname);
-        let fspan = st.raw(&fname).map(|v| v.span());
-        if !valid_ident(&fname) {
-            let span = st.raw(&fname).map(|v| v.span());
-            cx.error(&path, span, "state field names are identifiers (letters, digits, '_'; not starting with a digit)");
-            continue;
-        }
-        let field = match st.raw(&fname).map(|v| v.get_ref()) {
-            Some(toml::de::DeValue::String(_)) => {
-                expr_at(cx, &mut st, &fname, &Vars::Constants, None, None).map(|e| StateField {
-                    name: fname.clone(),
-                    ty: e.program.result_type(),
-                    default: e,
-                })
-            }
-            _ => {
-                let mut ft = st.table(cx, &fname);
-                if !ft.is_present() {
-                    continue;
-                }
-                let ty = ft
-                    .choice(cx, "type", TYPE_NAMES)
-                    .and_then(|s| type_from_name(&s));
-                if ty.is_none() && ft.keys().iter().all(|k| k != "type") {
-                    cx.error(
-                        &walk::join(&ft.path, "type"),
-                        ft.span(),
-                        format!("is required: one of {}", TYPE_NAMES.join(", ")),
-                    );
-                }
-                if ft.keys().iter().all(|k| k != "default") {
-                    cx.error(
-                        &walk::join(&ft.path, "default"),
-                        ft.span(),
-                        "is required: the value of a new aggregate, e.g. \"0\" or \"''\"",
-                    );
-                }
-                let default = expr_at(cx, &mut ft, "default", &Vars::Constants, None, None);
-                ft.finish(cx);
-                match (ty, default) {
-                    (Some(ty), Some(d)) => {
-                        let dt = d.program.result_type();
-                        if ty != Type::Dyn && dt != ty && dt != Type::Null {
-                            cx.error(
-                                &walk::join(&path, "default"),
-                                None,
-                                format!(
-                                    "the default `{}` is {} {dt}, not {} {ty}",
-                                    d.src,
-                                    article(dt),
-                                    article(ty)
-                                ),
-                            );
-                            None
-                        } else {
-                            Some(StateField {
-                                name: fname.clone(),
-                                ty,
-                                default: d,
-                            })
-                        }
-                    }
-                    _ => None,
-                }
-            }
-        };
-        if let Some(f) = field {
-            if f.ty == Type::Null {
-                cx.error(
-                    &path,
-                    fspan,
-                    "a null default says nothing about the field's type: write { type = \"string\", default = \"null\" } (or the type it holds)",
-                );
-            }
-            state.push(f);
-        }
-    }
+    let state = typed_fields(cx, &mut st, "state", &[]);
     if state.len() > MAX_STATE_FIELDS {
         cx.error(
             &st.path,

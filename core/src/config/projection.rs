@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 
-use super::aggregate::{TYPE_NAMES, expr_at, type_from_name, valid_ident};
+use super::aggregate::{StateField, expr_at, typed_fields};
 use super::walk::{self, Cx, Table};
 use super::{Expr, FieldPath, MAX_PARTITIONS, defaults, valid_name};
 use crate::expr::{Scope, Slot, Type};
@@ -32,15 +32,7 @@ pub mod slots {
 pub const MAX_PROJECTIONS: usize = 256;
 
 /// A field of a projection's rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowField {
-    /// Name (`row.<name>`, and the name in the upsert).
-    pub name: String,
-    /// Static type (the default's type, or declared).
-    pub ty: Type,
-    /// Value of a new row (a constant).
-    pub default: Expr,
-}
+pub type RowField = StateField;
 
 /// What one handler does to a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,64 +203,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
 
         // fields
         let mut ft = p.table(cx, "fields");
-        let mut fields = Vec::new();
-        for fname in ft.keys() {
-            let fpath = walk::join(&ft.path, &fname);
-            let fspan = ft.raw(&fname).map(|v| v.span());
-            if !valid_ident(&fname) || matches!(fname.as_str(), "key" | "version") {
-                cx.error(
-                    &fpath,
-                    fspan,
-                    "field names are identifiers other than `key` and `version` (every row carries those)",
-                );
-                continue;
-            }
-            let consts = Vars {
-                row: Some(&[]),
-                event: &RefCell::new(Vec::new()),
-            };
-            let field = match ft.raw(&fname).map(|v| v.get_ref()) {
-                Some(toml::de::DeValue::String(_)) => {
-                    expr_at(cx, &mut ft, &fname, &consts, None, None).map(|d| RowField {
-                        name: fname.clone(),
-                        ty: d.program.result_type(),
-                        default: d,
-                    })
-                }
-                _ => {
-                    let mut t = ft.table(cx, &fname);
-                    if !t.is_present() {
-                        continue;
-                    }
-                    let ty = t
-                        .choice(cx, "type", TYPE_NAMES)
-                        .and_then(|s| type_from_name(&s));
-                    let d = expr_at(cx, &mut t, "default", &consts, None, None);
-                    if t.keys().iter().all(|k| k != "type" && k != "default") {
-                        cx.error(&t.path, t.span(), "give `type` and `default`");
-                    }
-                    t.finish(cx);
-                    match (ty, d) {
-                        (Some(ty), Some(d)) => Some(RowField {
-                            name: fname.clone(),
-                            ty,
-                            default: d,
-                        }),
-                        _ => None,
-                    }
-                }
-            };
-            if let Some(f) = field {
-                if f.ty == Type::Null {
-                    cx.error(
-                        &fpath,
-                        fspan,
-                        "a null default says nothing about the field's type: write { type = \"string\", default = \"null\" }",
-                    );
-                }
-                fields.push(f);
-            }
-        }
+        let fields = typed_fields(cx, &mut ft, "row", &["key", "version"]);
         ft.finish(cx);
         let row: Vec<(String, Type)> = fields.iter().map(|f| (f.name.clone(), f.ty)).collect();
         let vars = Vars {
