@@ -8,7 +8,7 @@
 //!
 //! It measures, side by side in one process:
 //! 1. **Throughput**: a backlog of `--events` bank entries (JSON) in the input log,
-//!    processed by the pipeline of `examples/bank` (2 shards, 100 ms epochs, fsync on
+//!    processed by the pipeline of `examples/ledger` (2 shards, 100 ms epochs, fsync on
 //!    every commit) until the end; events/s over the processing time. Median of `--runs`.
 //! 2. **Baseline**: the same input read → parsed (serde_json) → folded (balance and
 //!    count per account in a hash map) → written (one upsert per record to a buffered
@@ -95,7 +95,7 @@ fn args() -> Args {
 }
 
 fn pipeline(dir: &Path, shards: usize, fsync: bool) -> Pipeline {
-    let src = include_str!("../examples/bank/pipeline.toml")
+    let src = include_str!("../examples/ledger/pipeline.toml")
         .replace("shards = 2", &format!("shards = {shards}"))
         .replace(
             "[pipeline]",
@@ -155,7 +155,7 @@ fn run_pipeline(
             until_end,
             stop,
             stats,
-            on_commit: None,
+            ..RunOptions::default()
         },
     )
     .expect("pipeline run")

@@ -17,7 +17,7 @@ use onceflow_core::stage::Fold;
 use onceflow_core::stats::Outcomes;
 use onceflow_core::workload::{BankParams, write_bank};
 
-const PIPELINE: &str = include_str!("../examples/bank/pipeline.toml");
+const PIPELINE: &str = include_str!("../examples/ledger/pipeline.toml");
 
 fn pipeline(shards: usize) -> Pipeline {
     let src = PIPELINE.replace("shards = 2", &format!("shards = {shards}"));

@@ -65,7 +65,7 @@ enum GenCmd {
         #[arg(long, default_value_t = 0.01)]
         reorder: f64,
     },
-    /// Commands for examples/bank-accounts: OpenAccount, then Deposit/Withdraw (some rejected), Freeze/Unfreeze
+    /// Commands for examples/bank: OpenAccount, then Deposit/Withdraw (some rejected), Freeze/Unfreeze
     Accounts {
         /// Number of accounts
         #[arg(long, default_value_t = 1_000)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use onceflow_core::config::Pipeline;
-use onceflow_core::engine::{self, RunOptions};
+use onceflow_core::engine::{self, RunOptions, RunSummary};
 use onceflow_core::stats::{DeadReason, Stats};
 
 use crate::{micros, rate, thousands};
@@ -16,8 +16,8 @@ use crate::{micros, rate, thousands};
 pub fn validate(path: &Path) -> ExitCode {
     match Pipeline::load(path) {
         Ok(p) => {
-            let logic = match (&p.aggregate, &p.projections) {
-                (_, Some(ps)) => format!(
+            let projections = |ps: &onceflow_core::config::ProjectionsConfig| {
+                format!(
                     "{} projection{} ({})",
                     ps.list.len(),
                     plural(ps.list.len()),
@@ -26,14 +26,17 @@ pub fn validate(path: &Path) -> ExitCode {
                         .map(|x| x.topic.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                ),
+                )
+            };
+            let logic = match (&p.aggregate, &p.projections) {
+                (None, Some(ps)) => projections(ps),
                 (None, None) => format!(
                     "view '{}' with {} field{}",
                     p.view.topic,
                     p.view.fields.len(),
                     plural(p.view.fields.len())
                 ),
-                (Some(a), None) => format!(
+                (Some(a), _) => format!(
                     "aggregate '{}' with {} command{} and {} event type{}, read model '{}'",
                     a.name,
                     a.commands.len(),
@@ -53,6 +56,16 @@ pub fn validate(path: &Path) -> ExitCode {
                 p.commit_interval,
                 p.state_dir.display()
             );
+            if let Some((_, read)) = p.sides()
+                && let Some(ps) = &read.projections
+            {
+                println!(
+                    "    read side: {} fed by the committed '{}', state in {}",
+                    projections(ps),
+                    read.sources[0].topic,
+                    read.state_dir.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -115,7 +128,7 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
         until_end,
         stop,
         stats: stats.clone(),
-        on_commit: None,
+        ..RunOptions::default()
     };
     let result = engine::run(&p, opts);
     done.store(true, Ordering::Relaxed);
@@ -124,112 +137,10 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
     }
     match result {
         Ok(s) => {
-            let st = &s.stats;
-            let secs = s.elapsed.as_secs_f64().max(1e-9);
-            println!("onceflow: pipeline '{}' stopped after {:.2}s", p.name, secs);
-            if st.replayed > 0 {
-                println!(
-                    "  recovery  replayed {} committed records in {:.2}s with outputs suppressed",
-                    thousands(st.replayed),
-                    s.recovery.as_secs_f64()
-                );
+            print_summary(&p, &s, until_end);
+            if let (Some((_, read)), Some(r)) = (p.sides(), &s.read_side) {
+                print_summary(&read, r, until_end);
             }
-            println!(
-                "  records   {} read = {} processed + {} duplicates + {} dead-lettered + {} held{}",
-                thousands(st.read),
-                thousands(st.processed),
-                thousands(st.duplicates),
-                thousands(st.dead_total()),
-                thousands(st.held),
-                if st.balanced() {
-                    ""
-                } else {
-                    "  (UNBALANCED: please report this)"
-                }
-            );
-            if st.delivery_errors > 0 {
-                println!(
-                    "  errors    {} projection update{} failed and were dead-lettered (the records themselves were processed)",
-                    thousands(st.delivery_errors),
-                    plural(st.delivery_errors as usize)
-                );
-            }
-            if st.rejected > 0 {
-                println!(
-                    "  rejected  {} of the processed commands were rejected by a rule (see the rejections topic)",
-                    thousands(st.rejected)
-                );
-            }
-            let reasons: Vec<String> = DeadReason::ALL
-                .iter()
-                .filter(|r| st.dead[**r as usize] > 0)
-                .map(|r| format!("{} {}", r.name(), thousands(st.dead[*r as usize])))
-                .collect();
-            if !reasons.is_empty() {
-                println!("  dead      {}", reasons.join(", "));
-            }
-            let new = s.new_records;
-            let busy = (s.elapsed - s.recovery).as_secs_f64().max(1e-9);
-            // With --until-end this is the processing rate; a tailing run also counts its idle time.
-            let mut line = format!(
-                "  speed     {} new records at {} records/s{}",
-                thousands(new),
-                rate(new as f64 / busy),
-                if until_end {
-                    ""
-                } else {
-                    " (averaged over the run, idle time included)"
-                }
-            );
-            if let (Some(p50), Some(p99), Some(max)) =
-                (st.latency_p50_us, st.latency_p99_us, st.latency_max_us)
-            {
-                line.push_str(&format!(
-                    "; append→commit latency p50 {}, p99 {}, max {}",
-                    micros(p50),
-                    micros(p99),
-                    micros(max)
-                ));
-            }
-            println!("{line}");
-            let topics = match (&p.aggregate, &p.projections) {
-                (_, Some(ps)) => ps
-                    .list
-                    .iter()
-                    .map(|x| format!("'{}'", x.topic))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                (None, None) => format!("'{}'", p.view.topic),
-                (Some(a), None) => format!(
-                    "'{}', '{}' and '{}'",
-                    a.events_topic, a.rejections_topic, p.view.topic
-                ),
-            };
-            println!(
-                "  committed {} epoch{} this run: {} records to {topics}, {} dead letters to '{}'; {} keys in state",
-                thousands(st.commits),
-                plural(st.commits as usize),
-                thousands(st.outputs),
-                thousands(st.dead_letters),
-                p.dead_letter_topic,
-                thousands(s.keys as u64)
-            );
-            if st.held > 0 {
-                println!(
-                    "  held      {} records wait for a sequence gap to fill; they are dead-lettered once their partition moves {} records past them",
-                    thousands(st.held),
-                    thousands(p.reorder.window)
-                );
-            }
-            let view_topic = match &p.projections {
-                Some(ps) => ps.list.first().map_or("", |x| x.topic.as_str()),
-                None => p.view.topic.as_str(),
-            };
-            println!(
-                "  view      onceflow log read {} --topic {} --compact",
-                p.state_dir.display(),
-                view_topic
-            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -237,6 +148,116 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The summary of one stage (a pipeline with an aggregate and projections has two).
+fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
+    let st = &s.stats;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!("onceflow: pipeline '{}' stopped after {:.2}s", p.name, secs);
+    if st.replayed > 0 {
+        println!(
+            "  recovery  replayed {} committed records in {:.2}s with outputs suppressed",
+            thousands(st.replayed),
+            s.recovery.as_secs_f64()
+        );
+    }
+    println!(
+        "  records   {} read = {} processed + {} duplicates + {} dead-lettered + {} held{}",
+        thousands(st.read),
+        thousands(st.processed),
+        thousands(st.duplicates),
+        thousands(st.dead_total()),
+        thousands(st.held),
+        if st.balanced() {
+            ""
+        } else {
+            "  (UNBALANCED: please report this)"
+        }
+    );
+    if st.delivery_errors > 0 {
+        println!(
+            "  errors    {} projection update{} failed and were dead-lettered (the records themselves were processed)",
+            thousands(st.delivery_errors),
+            plural(st.delivery_errors as usize)
+        );
+    }
+    if st.rejected > 0 {
+        println!(
+            "  rejected  {} of the processed commands were rejected by a rule (see the rejections topic)",
+            thousands(st.rejected)
+        );
+    }
+    let reasons: Vec<String> = DeadReason::ALL
+        .iter()
+        .filter(|r| st.dead[**r as usize] > 0)
+        .map(|r| format!("{} {}", r.name(), thousands(st.dead[*r as usize])))
+        .collect();
+    if !reasons.is_empty() {
+        println!("  dead      {}", reasons.join(", "));
+    }
+    let new = s.new_records;
+    let busy = (s.elapsed - s.recovery).as_secs_f64().max(1e-9);
+    // With --until-end this is the processing rate; a tailing run also counts its idle time.
+    let mut line = format!(
+        "  speed     {} new records at {} records/s{}",
+        thousands(new),
+        rate(new as f64 / busy),
+        if until_end {
+            ""
+        } else {
+            " (averaged over the run, idle time included)"
+        }
+    );
+    if let (Some(p50), Some(p99), Some(max)) =
+        (st.latency_p50_us, st.latency_p99_us, st.latency_max_us)
+    {
+        line.push_str(&format!(
+            "; append→commit latency p50 {}, p99 {}, max {}",
+            micros(p50),
+            micros(p99),
+            micros(max)
+        ));
+    }
+    println!("{line}");
+    let topics = match (&p.aggregate, &p.projections) {
+        (None, Some(ps)) => ps
+            .list
+            .iter()
+            .map(|x| format!("'{}'", x.topic))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (None, None) => format!("'{}'", p.view.topic),
+        (Some(a), _) => format!(
+            "'{}', '{}' and '{}'",
+            a.events_topic, a.rejections_topic, p.view.topic
+        ),
+    };
+    println!(
+        "  committed {} epoch{} this run: {} records to {topics}, {} dead letters to '{}'; {} keys in state",
+        thousands(st.commits),
+        plural(st.commits as usize),
+        thousands(st.outputs),
+        thousands(st.dead_letters),
+        p.dead_letter_topic,
+        thousands(s.keys as u64)
+    );
+    if st.held > 0 {
+        println!(
+            "  held      {} records wait for a sequence gap to fill; they are dead-lettered once their partition moves {} records past them",
+            thousands(st.held),
+            thousands(p.reorder.window)
+        );
+    }
+    let view_topic = match (&p.aggregate, &p.projections) {
+        (None, Some(ps)) => ps.list.first().map_or("", |x| x.topic.as_str()),
+        _ => p.view.topic.as_str(),
+    };
+    println!(
+        "  view      onceflow log read {} --topic {} --compact",
+        p.state_dir.display(),
+        view_topic
+    );
 }
 
 fn status_loop(stats: &Stats, done: &AtomicBool) {

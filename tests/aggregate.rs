@@ -1,4 +1,4 @@
-//! Declarative aggregates end to end: the shipped `examples/bank-accounts` pipeline, its
+//! Declarative aggregates end to end: the shipped `examples/bank` pipeline, its
 //! recovery (state rebuilt by replaying commands with outputs off), and `validate` on a
 //! broken `[aggregate]`.
 
@@ -10,7 +10,7 @@ use common::*;
 
 fn example(file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/bank-accounts")
+        .join("examples/bank")
         .join(file)
 }
 

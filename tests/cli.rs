@@ -18,9 +18,9 @@ fn copy_example(name: &str, to: &Path) {
 }
 
 #[test]
-fn bank_example_matches_expected_and_a_second_run_is_a_no_op() {
+fn ledger_example_matches_expected_and_a_second_run_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
-    copy_example("bank", dir.path());
+    copy_example("ledger", dir.path());
     let out = run_ok(
         bin()
             .args(["run", "--until-end", "--quiet"])
@@ -31,7 +31,7 @@ fn bank_example_matches_expected_and_a_second_run_is_a_no_op() {
     assert!(!summary.contains("UNBALANCED"), "{summary}");
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bank/expected.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ledger/expected.json"),
         )
         .unwrap(),
     )
@@ -148,9 +148,9 @@ fn validate_reports_every_error_with_its_path() {
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
-    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bank/pipeline.toml");
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ledger/pipeline.toml");
     let out = run_ok(bin().arg("validate").arg(good));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: pipeline 'bank'"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: pipeline 'ledger'"));
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn sigterm_commits_the_current_epoch_and_exits_zero() {
 #[test]
 fn a_renamed_source_is_refused_instead_of_emitting_everything_twice() {
     let dir = tempfile::tempdir().unwrap();
-    copy_example("bank", dir.path());
+    copy_example("ledger", dir.path());
     let pipeline = dir.path().join("pipeline.toml");
     run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(&pipeline));
     let text = std::fs::read_to_string(&pipeline)

@@ -1,5 +1,5 @@
-//! Projections end to end: `examples/bank-accounts/projections.toml` reads the events the
-//! aggregate pipeline committed and builds three read models keyed by expressions.
+//! Projections end to end: the read side of `examples/bank/pipeline.toml` reads the events
+//! its aggregate committed and builds four read models keyed by expressions.
 
 mod common;
 
@@ -9,7 +9,7 @@ use common::*;
 
 fn example(file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/bank-accounts")
+        .join("examples/bank")
         .join(file)
 }
 
@@ -19,19 +19,28 @@ fn expected(name: &str) -> serde_json::Value {
 
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["pipeline.toml", "projections.toml", "commands.jsonl"] {
+    for f in ["pipeline.toml", "commands.jsonl"] {
         std::fs::copy(example(f), dir.path().join(f)).unwrap();
     }
-    run_until_end(&dir.path().join("pipeline.toml"));
     dir
 }
 
-const VIEWS: [&str; 3] = ["balances", "monthly_statements", "daily_report"];
+const VIEWS: [&str; 4] = [
+    "balances",
+    "transactions",
+    "monthly_statements",
+    "daily_report",
+];
 
 #[test]
 fn bank_projections_match_expected_read_models() {
     let dir = setup();
-    let summary = run_until_end(&dir.path().join("projections.toml"));
+    // One run: the aggregate, then its read side catching up with the committed events.
+    let summary = run_until_end(&dir.path().join("pipeline.toml"));
+    assert!(
+        summary.contains("onceflow: pipeline 'bank.projections' stopped"),
+        "{summary}"
+    );
     assert!(
         summary.contains("18 read = 18 processed + 0 duplicates + 0 dead-lettered + 0 held"),
         "{summary}"
@@ -42,7 +51,7 @@ fn bank_projections_match_expected_read_models() {
         summary.contains("2 projection updates failed and were dead-lettered"),
         "{summary}"
     );
-    let state = dir.path().join("data/projections");
+    let state = dir.path().join("data/state/projections");
     for v in VIEWS {
         assert_eq!(
             compact(&state, v),
@@ -72,9 +81,9 @@ fn bank_projections_match_expected_read_models() {
         dead[0].value
     );
 
-    // Nothing new: a second run emits nothing.
-    let summary = run_until_end(&dir.path().join("projections.toml"));
-    assert!(summary.contains(" 0 new records"), "{summary}");
+    // Nothing new: a second run emits nothing, on either side.
+    let summary = run_until_end(&dir.path().join("pipeline.toml"));
+    assert_eq!(summary.matches(" 0 new records").count(), 2, "{summary}");
     for v in VIEWS {
         assert_eq!(compact(&state, v), expected(&format!("expected_{v}.json")));
     }
@@ -92,11 +101,6 @@ fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
         .map(str::to_string)
         .collect();
     std::fs::copy(example("pipeline.toml"), dir.path().join("pipeline.toml")).unwrap();
-    std::fs::copy(
-        example("projections.toml"),
-        dir.path().join("projections.toml"),
-    )
-    .unwrap();
     let half = lines.len() / 2;
     std::fs::write(
         dir.path().join("commands.jsonl"),
@@ -104,7 +108,6 @@ fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
     )
     .unwrap();
     run_until_end(&dir.path().join("pipeline.toml"));
-    run_until_end(&dir.path().join("projections.toml"));
 
     // The rest of the commands, appended to the aggregate's input log.
     log_append(
@@ -112,12 +115,11 @@ fn rows_rebuilt_by_replay_continue_like_an_uninterrupted_run() {
         &["--topic", "commands", "--key", "account"],
         &lines[half..],
     );
-    run_until_end(&dir.path().join("pipeline.toml"));
-    let summary = run_until_end(&dir.path().join("projections.toml"));
-    assert!(summary.contains("replayed"), "{summary}");
+    let summary = run_until_end(&dir.path().join("pipeline.toml"));
+    assert_eq!(summary.matches("replayed").count(), 2, "{summary}");
 
-    let state = dir.path().join("data/projections");
-    for v in ["balances", "monthly_statements"] {
+    let state = dir.path().join("data/state/projections");
+    for v in ["balances", "transactions", "monthly_statements"] {
         assert_eq!(
             compact(&state, v),
             expected(&format!("expected_{v}.json")),
@@ -183,4 +185,34 @@ when = "row.n"
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+#[test]
+fn read_side_fields_the_aggregates_events_lack_are_config_errors() {
+    // With the aggregate in the same file the events' shape is known: a typo in an
+    // `event.` path would dead-letter every event, so validate refuses it.
+    let dir = setup();
+    let path = dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "key = \"event.aggregate_id\"",
+            "key = \"event.aggregateid\"",
+        )
+        .replace(
+            "row.balance + event.data.amount",
+            "row.balance + event.data.amonut",
+        );
+    std::fs::write(&path, text).unwrap();
+    let out = bin().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("projections: the projections read `event.aggregateid`, `event.data.amonut`, which the aggregate's JSON events do not have; they have event_id, type, aggregate, aggregate_id, version"),
+        "{err}"
+    );
+    assert!(
+        err.contains("and data fields amount, at, currency, owner, reason"),
+        "{err}"
+    );
 }

@@ -1,5 +1,5 @@
 //! The Rust API (`onceflow_core::api`): the bank account of
-//! `examples/bank-accounts/pipeline.toml`, written as a Rust [`Aggregate`], run by the
+//! `examples/bank/pipeline.toml`, written as a Rust [`Aggregate`], run by the
 //! engine on the same commands, gives the same events, rejections and state.
 //!
 //! This file doubles as the worked example of `docs/rust-api.md`.
@@ -241,7 +241,7 @@ impl Aggregate for Accounts {
 
 fn example(file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/bank-accounts")
+        .join("examples/bank")
         .join(file)
 }
 
@@ -250,9 +250,9 @@ fn rust_aggregate_matches_the_declared_one() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(example("commands.jsonl"), dir.path().join("commands.jsonl")).unwrap();
     // The example pipeline gives sources, key, sequence and view; the Rust stage replaces
-    // its [aggregate].
+    // its [aggregate]. Its write side only: the projections are compared elsewhere.
     let src = std::fs::read_to_string(example("pipeline.toml")).unwrap();
-    let p = Pipeline::parse(&src, dir.path()).unwrap();
+    let (p, _read) = Pipeline::parse(&src, dir.path()).unwrap().sides().unwrap();
     for s in &p.sources {
         onceflow_connectors::files::load_if_missing(s, p.key.field.as_ref()).unwrap();
     }

@@ -8,7 +8,7 @@
 //! rejections, state upserts, one transaction per epoch, recovery by replay.
 //!
 //! `docs/rust-api.md` walks through it; `tests/rust_api.rs` is a complete bank account
-//! that produces the same events as `examples/bank-accounts/pipeline.toml`.
+//! that produces the same events as `examples/bank/pipeline.toml`.
 //!
 //! # Examples
 //!

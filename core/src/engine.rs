@@ -92,6 +92,12 @@ pub struct RunOptions {
     pub stats: Arc<Stats>,
     /// Called after every commit.
     pub on_commit: Option<CommitHook>,
+    /// Set to stop once the inputs' committed ends, as they are when it is set, are
+    /// processed and committed (a tailing run that should catch up, then stop).
+    pub drain: Option<Arc<AtomicBool>>,
+    /// Counters of the read side, when the pipeline has an aggregate and projections
+    /// (see [`Pipeline::sides`]).
+    pub read_side_stats: Arc<Stats>,
 }
 
 impl Default for RunOptions {
@@ -101,6 +107,8 @@ impl Default for RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(Stats::default()),
             on_commit: None,
+            drain: None,
+            read_side_stats: Arc::new(Stats::default()),
         }
     }
 }
@@ -118,6 +126,8 @@ pub struct RunSummary {
     pub keys: usize,
     /// Records processed by this run beyond the replay.
     pub new_records: u64,
+    /// The read side's summary, when the pipeline has an aggregate and projections.
+    pub read_side: Option<Box<RunSummary>>,
 }
 
 enum ShardMsg {
@@ -139,7 +149,80 @@ fn now_us() -> u64 {
 
 /// Runs a pipeline with the stage it declares: its `[[projections]]`, its `[aggregate]`,
 /// else the fold of `view.fields`.
+///
+/// A pipeline with both an aggregate and projections runs its two sides together
+/// ([`Pipeline::sides`]): the read side tails the events the write side commits, and
+/// when the write side stops (end of input, or an error) the read side catches up with
+/// everything committed, then stops too. A stop request stops both at once; the read
+/// side catches up at the next start.
 pub fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
+    match p.sides() {
+        Some((write, read)) => run_sides(&write, &read, opts),
+        None => run_stage_of(p, opts),
+    }
+}
+
+fn run_sides(
+    write: &Pipeline,
+    read: &Pipeline,
+    opts: RunOptions,
+) -> Result<RunSummary, EngineError> {
+    // The read side opens the events topic as its source: create it first (with the
+    // partitions the write side will check it has).
+    {
+        let a = write
+            .aggregate
+            .as_ref()
+            .expect("a write side has the aggregate");
+        let mut w = LogWriter::open(
+            &write.state_dir,
+            LogOptions {
+                fsync: write.fsync,
+                ..LogOptions::default()
+            },
+        )?;
+        output_topic(
+            &mut w,
+            write,
+            &a.events_topic,
+            a.partitions,
+            "aggregate.partitions",
+        )?;
+    }
+    let drain = Arc::new(AtomicBool::new(false));
+    let read_opts = RunOptions {
+        until_end: false,
+        stop: opts.stop.clone(),
+        stats: opts.read_side_stats.clone(),
+        on_commit: None,
+        drain: Some(drain.clone()),
+        read_side_stats: Arc::new(Stats::default()),
+    };
+    let stop = opts.stop.clone();
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("onceflow-read-side".into())
+            .spawn_scoped(scope, move || {
+                let r = run_stage_of(read, read_opts);
+                if r.is_err() {
+                    // Without its read side the pipeline is not doing its job: stop it all.
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .expect("spawn read-side thread");
+        let written = run_stage_of(write, opts);
+        drain.store(true, Ordering::Relaxed);
+        let read_result = reader
+            .join()
+            .map_err(|_| EngineError::Panicked("read side"))?;
+        let mut summary = written?;
+        summary.read_side = Some(Box::new(read_result?));
+        Ok(summary)
+    })
+}
+
+fn run_stage_of(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
     let slots = p.referenced_fields();
     if let Some(ps) = &p.projections {
         let stage = Projections::new(ps, &slots).map_err(EngineError::Incompatible)?;
@@ -168,6 +251,11 @@ pub fn run_with_stage<S: Stage>(
     stage: Arc<S>,
     mut opts: RunOptions,
 ) -> Result<RunSummary, EngineError> {
+    if p.sides().is_some() {
+        return Err(EngineError::Incompatible(
+            "a pipeline with an aggregate and projections runs as two stages: use engine::run, or run_with_stage on each of Pipeline::sides()".into(),
+        ));
+    }
     let started = Instant::now();
     let stats = opts.stats.clone();
 
@@ -372,6 +460,7 @@ pub fn run_with_stage<S: Stage>(
             elapsed: started.elapsed(),
             recovery,
             keys,
+            read_side: None,
         })
     })
 }
@@ -423,6 +512,7 @@ fn route_loop(
     let mut deadline = Instant::now() + p.commit_interval;
     let mut last_refresh = Instant::now();
     let mut o = Outcomes::default();
+    let mut until_end = opts.until_end;
 
     // Sends every non-empty batch; false if the shards are gone.
     let flush = |batches: &mut Vec<EventBatch>, replay: bool| -> bool {
@@ -438,6 +528,21 @@ fn route_loop(
     };
 
     loop {
+        if !until_end
+            && opts
+                .drain
+                .as_ref()
+                .is_some_and(|d| d.load(Ordering::Relaxed))
+        {
+            // Catch up with what is committed now, then stop.
+            for r in readers.iter_mut() {
+                r.refresh()?;
+            }
+            for i in inputs.iter_mut() {
+                i.end_at_start = readers[i.source].committed_end(i.partition);
+            }
+            until_end = true;
+        }
         let stopping = opts.stop.load(Ordering::Relaxed);
         if stopping && replaying {
             // Nothing new was processed: nothing to commit.
@@ -450,7 +555,7 @@ fn route_loop(
                 let pos = inp.cursor.position();
                 let limit = if replaying {
                     inp.replay_to - pos
-                } else if opts.until_end {
+                } else if until_end {
                     inp.end_at_start.saturating_sub(pos)
                 } else {
                     u64::MAX
@@ -527,7 +632,7 @@ fn route_loop(
             continue;
         }
 
-        let done = opts.until_end && inputs.iter().all(|i| i.cursor.position() >= i.end_at_start);
+        let done = until_end && inputs.iter().all(|i| i.cursor.position() >= i.end_at_start);
         let now = Instant::now();
         if stopping || done || now >= deadline {
             if epoch_records > 0 || !dead.is_empty() {
@@ -579,7 +684,7 @@ fn route_loop(
             let more = inputs.iter().any(|i| {
                 let end = readers[i.source].committed_end(i.partition);
                 i.cursor.position()
-                    < if opts.until_end {
+                    < if until_end {
                         i.end_at_start.min(end)
                     } else {
                         end

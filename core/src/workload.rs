@@ -162,7 +162,7 @@ pub fn write_bank(params: &BankParams, out: &mut impl Write) -> io::Result<u64> 
     delivery.finish(out)
 }
 
-/// Writes commands for the account aggregate of `examples/bank-accounts`, as JSON lines.
+/// Writes commands for the account aggregate of `examples/bank`, as JSON lines.
 ///
 /// Every account is opened first (`OpenAccount`, seq 1), then gets random `Deposit`s and
 /// `Withdraw`als (about one withdrawal in ten asks for more than the account holds, so

@@ -420,7 +420,11 @@ impl Pipeline {
 
         // [[projections]] (read before [key] and [view]: a projection pipeline needs neither)
         let projections = projection::parse(&mut cx, &mut root);
-        let has_projections = projections.is_some();
+        // With an [aggregate] too, the projections are the read side: they read the
+        // aggregate's committed events (see `Pipeline::read_side`), and [key], [view] and
+        // the sources belong to the aggregate.
+        let declares_aggregate = root.keys().iter().any(|k| k == "aggregate");
+        let has_projections = projections.is_some() && !declares_aggregate;
 
         // [key]
         let mut k = root.table(&mut cx, "key");
@@ -481,14 +485,6 @@ impl Pipeline {
         let aggregate = aggregate::parse(&mut cx, &mut agg_table);
         let has_aggregate = agg_table.is_present();
         agg_table.finish(&mut cx);
-
-        if has_aggregate && has_projections {
-            cx.error(
-                "projections",
-                None,
-                "a pipeline has one logic stage: put the projections in a second pipeline whose source is the aggregate's events topic",
-            );
-        }
 
         // [view]
         let mut v = root.table(&mut cx, "view");
@@ -684,6 +680,9 @@ impl Pipeline {
             }
         }
         d.finish(&mut cx);
+        if let (Some(a), Some(ps)) = (&aggregate, &projections) {
+            check_read_side_fields(&mut cx, a, ps);
+        }
         root.finish(&mut cx);
 
         if !cx.errors.is_empty() {
@@ -715,6 +714,54 @@ impl Pipeline {
             projections,
             dead_letter_topic,
         })
+    }
+
+    /// A pipeline that declares both an `[aggregate]` and `[[projections]]` runs as two
+    /// chained stages in one process: the write side (the aggregate, reading the
+    /// pipeline's sources) and the read side (the projections, reading the aggregate's
+    /// committed events topic from its state log, with their own state log in
+    /// `<state_dir>/projections`). Returns both; `None` for a pipeline with one stage.
+    ///
+    /// The read side sees only committed events, so it never shows an event that a crash
+    /// could take back; `[upcast]` applies to the write side's sources.
+    pub fn sides(&self) -> Option<(Pipeline, Pipeline)> {
+        let (Some(a), Some(ps)) = (&self.aggregate, &self.projections) else {
+            return None;
+        };
+        let mut write = self.clone();
+        write.projections = None;
+        let read = Pipeline {
+            name: format!("{}.projections", self.name),
+            state_dir: self.state_dir.join("projections"),
+            sources: vec![SourceConfig {
+                name: a.events_topic.clone(),
+                path: self.state_dir.clone(),
+                topic: a.events_topic.clone(),
+                format: if a.cloudevents_source.is_some() {
+                    Format::CloudEvents
+                } else {
+                    Format::Json
+                },
+                load: None,
+                load_partitions: defaults::LOAD_PARTITIONS,
+            }],
+            key: KeyConfig {
+                field: None,
+                sequence: None,
+                sequence_start: defaults::SEQUENCE_START,
+            },
+            view: ViewConfig {
+                topic: String::new(),
+                partitions: defaults::OUTPUT_PARTITIONS,
+                emit: self.view.emit,
+                fields: Vec::new(),
+            },
+            aggregate: None,
+            upcast: None,
+            projections: Some(ps.clone()),
+            ..self.clone()
+        };
+        Some((write, read))
     }
 
     /// Every field path the pipeline reads from a record (key, sequence, reducers, filters),
@@ -768,6 +815,85 @@ impl Pipeline {
         }
         out
     }
+}
+
+/// In a pipeline with an aggregate and projections, the projections read the aggregate's
+/// own events, whose shape is known: a field they do not have would dead-letter every
+/// event at run time, so it is an error now.
+fn check_read_side_fields(cx: &mut Cx, a: &AggregateConfig, ps: &ProjectionsConfig) {
+    let envelope: &[&str] = if a.cloudevents_source.is_some() {
+        &[
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "dataschema",
+            "aggregate",
+            "causationid",
+            "correlationid",
+            "aggregateversion",
+            "data",
+        ]
+    } else {
+        &[
+            "event_id",
+            "type",
+            "aggregate",
+            "aggregate_id",
+            "version",
+            "causation_id",
+            "correlation_id",
+            "data",
+        ]
+    };
+    let has_data = |name: &str| {
+        a.events
+            .iter()
+            .any(|e| e.fields.iter().any(|(n, _)| n == name))
+    };
+    let mut unknown: Vec<String> = Vec::new();
+    for f in std::iter::once(&ps.type_field).chain(&ps.event_fields) {
+        let known = match f.0.as_slice() {
+            [top] => envelope.contains(&top.as_str()),
+            [data, name, ..] if data == "data" => has_data(name),
+            _ => false,
+        };
+        if !known && !unknown.contains(&f.to_string()) {
+            unknown.push(f.to_string());
+        }
+    }
+    if unknown.is_empty() {
+        return;
+    }
+    let mut data: Vec<&str> = a
+        .events
+        .iter()
+        .flat_map(|e| e.fields.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    data.sort_unstable();
+    data.dedup();
+    cx.error(
+        "projections",
+        None,
+        format!(
+            "the projections read {}, which the aggregate's {} events do not have; they have {}, and data fields {}",
+            unknown
+                .iter()
+                .map(|u| format!("`event.{u}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if a.cloudevents_source.is_some() {
+                "CloudEvents"
+            } else {
+                "JSON"
+            },
+            envelope.join(", "),
+            data.join(", ")
+        ),
+    );
 }
 
 fn scalar_json(v: &toml::de::DeValue<'_>) -> Option<serde_json::Value> {

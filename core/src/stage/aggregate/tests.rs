@@ -1,5 +1,5 @@
 //! The aggregate stage against a plain reference model of the bank account
-//! (`examples/bank-accounts/pipeline.toml`), for random command sequences.
+//! (`examples/bank/pipeline.toml`), for random command sequences.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use crate::batch::OutBuf;
 use crate::config::Pipeline;
 use crate::decode::Extractor;
 
-const PIPELINE: &str = include_str!("../../../../examples/bank-accounts/pipeline.toml");
+const PIPELINE: &str = include_str!("../../../../examples/bank/pipeline.toml");
 
 /// The account as the example's rules describe it, in plain Rust.
 #[derive(Debug, Clone, PartialEq)]
