@@ -170,6 +170,13 @@ pub fn run_with_stage<S: Stage>(
 ) -> Result<RunSummary, EngineError> {
     let started = Instant::now();
     let stats = opts.stats.clone();
+    let row_router = stage.row_router();
+    if row_router.is_some() && p.key.sequence.is_some() {
+        return Err(EngineError::Incompatible(format!(
+            "pipeline '{}': key.sequence is set, but the stage computes its own row keys (a projection), and one record may update several rows: remove key.sequence",
+            p.name
+        )));
+    }
 
     // State log: outputs, dead letters and commit markers.
     let mut writer = LogWriter::open(
@@ -290,6 +297,9 @@ pub fn run_with_stage<S: Stage>(
     }
 
     let mut router = Router::new(p, names.clone());
+    if let Some(r) = row_router {
+        router = router.with_row_router(r);
+    }
     let on_commit = opts.on_commit.take();
 
     std::thread::scope(|scope| {
@@ -411,7 +421,7 @@ fn route_loop(
     stats: &Stats,
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
-    let fan_out = p.projections.is_some();
+    let fan_out = router.fans_out();
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
     let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
