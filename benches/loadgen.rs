@@ -156,6 +156,7 @@ fn run_pipeline(
             stop,
             stats,
             on_commit: None,
+            read: None,
         },
     )
     .expect("pipeline run")

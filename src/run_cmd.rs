@@ -116,6 +116,7 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
         stop,
         stats: stats.clone(),
         on_commit: None,
+        read: None,
     };
     let result = engine::run(&p, opts);
     done.store(true, Ordering::Relaxed);

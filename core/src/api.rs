@@ -8,7 +8,8 @@
 //! rejections, state upserts, one transaction per epoch, recovery by replay.
 //!
 //! The read side is [`Projection`] (typed events in, typed rows out, one or more rows
-//! per event), run by [`TypedProjections`] exactly like declared `[[projections]]`.
+//! per event), run by [`TypedProjections`] exactly like declared `[[projections]]`. A
+//! running engine's rows and states are read through [`crate::query::ReadHandle`].
 //!
 //! `docs/rust-api.md` walks through it; `tests/rust_api.rs` is a complete bank account
 //! that produces the same events as `examples/bank-accounts/pipeline.toml`.

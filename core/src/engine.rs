@@ -19,6 +19,8 @@ use crate::config::Pipeline;
 use crate::log::{
     CommitMarker, Cursor, LogError, LogOptions, LogReader, LogWriter, RecordBuf, TopicId,
 };
+use crate::query::ReadHandle;
+use crate::query::request::{Request, ShardQuery, take_requests};
 use crate::router::Router;
 use crate::shard::{InputNames, ShardCore, ShardPart, ShardSettings};
 use crate::stage::{Aggregate, Fold, Projections, Stage};
@@ -92,6 +94,8 @@ pub struct RunOptions {
     pub stats: Arc<Stats>,
     /// Called after every commit.
     pub on_commit: Option<CommitHook>,
+    /// Reads the run's read models while it runs (see [`crate::query`]).
+    pub read: Option<ReadHandle>,
 }
 
 impl Default for RunOptions {
@@ -101,6 +105,7 @@ impl Default for RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(Stats::default()),
             on_commit: None,
+            read: None,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct RunSummary {
 enum ShardMsg {
     Batch(EventBatch),
     Barrier(u64),
+    /// A read, answered with the state at the last barrier.
+    Query(ShardQuery),
 }
 
 enum CommitMsg {
@@ -230,6 +237,14 @@ pub fn run_with_stage<S: Stage>(
         .collect::<Result<Vec<_>, _>>()?;
     let dead_topic = writer.ensure_topic(&p.dead_letter_topic, 1)?;
     let mut epoch = writer.last_marker().map(|m| m.epoch + 1).unwrap_or(1);
+    // Readers see the state at epoch cuts, once committed: from the last one on.
+    let reads = match &opts.read {
+        Some(h) => Some(
+            h.attach(stage.tables(&p.view.topic), p.shards as u32, epoch - 1)
+                .map_err(EngineError::Incompatible)?,
+        ),
+        None => None,
+    };
 
     // Sources and the committed offsets to replay up to.
     let mut readers = Vec::new();
@@ -300,7 +315,10 @@ pub fn run_with_stage<S: Stage>(
     if let Some(r) = row_router {
         router = router.with_row_router(r);
     }
-    let on_commit = opts.on_commit.take();
+    let on_commit = match &reads {
+        Some(r) => Some(r.commit_hook(opts.on_commit.take())),
+        None => opts.on_commit.take(),
+    };
 
     std::thread::scope(|scope| {
         let mut shard_handles = Vec::with_capacity(n);
@@ -422,6 +440,8 @@ fn route_loop(
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
     let fan_out = router.fans_out();
+    let requests = opts.read.as_ref().map(ReadHandle::requests);
+    let mut waiting: Vec<Request> = Vec::new();
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
     let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
@@ -452,6 +472,9 @@ fn route_loop(
         if stopping && replaying {
             // Nothing new was processed: nothing to commit.
             return Ok(started.elapsed());
+        }
+        if let Some(rx) = requests {
+            take_requests(rx, &mut waiting);
         }
         let mut progressed = false;
         if !stopping {
@@ -570,8 +593,18 @@ fn route_loop(
                 deadline + p.commit_interval
             };
             if stopping || done {
+                forward_reads(&mut waiting, *epoch - 1, shard_txs);
                 return Ok(recovery);
             }
+        }
+        // Reads see the state at a cut: right after a barrier, or now if nothing was
+        // read since the last one.
+        if !waiting.is_empty()
+            && epoch_records == 0
+            && dead.is_empty()
+            && !forward_reads(&mut waiting, *epoch - 1, shard_txs)
+        {
+            return Ok(recovery);
         }
 
         if !progressed {
@@ -600,6 +633,19 @@ fn route_loop(
             }
         }
     }
+}
+
+/// Hands the waiting reads to the shards they ask, to be answered with the state at the
+/// end of `epoch` (the last barrier sent); false if the shards are gone.
+fn forward_reads(waiting: &mut Vec<Request>, epoch: u64, shard_txs: &[Sender<ShardMsg>]) -> bool {
+    for r in waiting.drain(..) {
+        for q in r.into_queries(epoch) {
+            if shard_txs[q.shard()].send(ShardMsg::Query(q)).is_err() {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn take_batch(pool: &Receiver<EventBatch>, replay: bool) -> EventBatch {
@@ -654,6 +700,7 @@ fn shard_loop<S: Stage>(
                     break;
                 }
             }
+            ShardMsg::Query(q) => core.answer(q),
         }
     }
     core.keys()

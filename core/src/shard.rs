@@ -701,5 +701,6 @@ pub(crate) fn dead_letter(
     });
 }
 
+mod query;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::write_data;
-use crate::stage::{Applied, Emit, EventView, OutputSpec, Refused, RowKeys, RowRouter, Stage};
+use crate::stage::{
+    Applied, Emit, EventView, OutputSpec, Refused, RowKeys, RowRouter, Stage, TableSpec,
+};
 use crate::stats::DeadReason;
 
 /// Bytes of the projection index at the start of every row key (as declared projections).
@@ -393,6 +395,18 @@ impl Stage for TypedProjections {
 
     fn key_prefix_len(&self) -> usize {
         PREFIX
+    }
+
+    fn tables(&self, _view_topic: &str) -> Vec<TableSpec> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, e)| TableSpec {
+                name: e.topic.name.clone(),
+                prefix: (i as u16).to_be_bytes().to_vec(),
+                fields: None,
+            })
+            .collect()
     }
 
     fn row_router(&self) -> Option<Arc<dyn RowRouter>> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::batch::OutBuf;
 use crate::decode::Value;
+use crate::expr::{Type, Val};
 use crate::hash::{PARTITION_SALT, bucket};
 use crate::stats::DeadReason;
 
@@ -217,12 +218,40 @@ pub trait Stage: Send + Sync + 'static {
     fn key_prefix_len(&self) -> usize {
         0
     }
+    /// The read models a [`crate::query::ReadHandle`] can name. The default: one table,
+    /// the pipeline's view (named `view_topic`), whose rows filters read as JSON.
+    fn tables(&self, view_topic: &str) -> Vec<TableSpec> {
+        vec![TableSpec {
+            name: view_topic.to_string(),
+            prefix: Vec::new(),
+            fields: None,
+        }]
+    }
+    /// The key's row as typed values, in the order of its table's [`TableSpec::fields`]
+    /// (for query filters); `None` (the default) when the table has no typed fields.
+    fn row_values<'s>(&self, _state: &'s Self::State) -> Option<&'s [Val<'static>]> {
+        None
+    }
     /// A stage that computes the row keys of each record itself (a Rust projection):
     /// the router then asks it instead of reading `[key]` or the declared
     /// `[[projections]]`. `None` by default.
     fn row_router(&self) -> Option<Arc<dyn RowRouter>> {
         None
     }
+}
+
+/// A read model that queries can name: a namespace of keys in a stage's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    /// Name used in queries (a projection's name, or the view topic).
+    pub name: String,
+    /// Bytes that start every key of the table (its namespace; see
+    /// [`Stage::key_prefix_len`]); empty for the only table of a stage.
+    pub prefix: Vec<u8>,
+    /// Row fields and their types when the stage keeps rows as typed values
+    /// ([`Stage::row_values`]): filters are then type-checked against them. `None`:
+    /// filters read the row as it is rendered (JSON), checked as they run.
+    pub fields: Option<Vec<(String, Type)>>,
 }
 
 /// Routing for a stage that keys records itself ([`Stage::row_router`]): called by the
