@@ -400,3 +400,82 @@ set = {{ n = "row.n + 1" }}
     let err = engine::run_with_stage(&p, Arc::new(stage), RunOptions::default()).unwrap_err();
     assert!(err.to_string().contains("remove key.sequence"), "{err}");
 }
+
+#[test]
+fn rust_projection_rows_are_readable_while_the_engine_runs() {
+    use onceflow_core::query::{ReadError, ReadHandle, Scan};
+    use onceflow_core::stats::Stats;
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["pipeline.toml", "projections.toml", "commands.jsonl"] {
+        std::fs::copy(example(f), dir.path().join(f)).unwrap();
+    }
+    run_until_end(&dir.path().join("pipeline.toml"));
+    let src = std::fs::read_to_string(example("projections.toml")).unwrap();
+    let p = Pipeline::parse(&src, dir.path()).unwrap();
+    let reads = ReadHandle::new();
+    let stats = Arc::new(Stats::default());
+    let opts = RunOptions {
+        until_end: false,
+        stats: stats.clone(),
+        read: Some(reads.clone()),
+        ..RunOptions::default()
+    };
+    let stop = opts.stop.clone();
+    let engine =
+        std::thread::spawn(move || engine::run_with_stage(&p, Arc::new(bank_projections()), opts));
+    wait_for("the events to commit", || {
+        let end = stats.source_end.load(Ordering::Relaxed);
+        end > 0 && stats.committed_input.load(Ordering::Relaxed) == end
+    });
+
+    assert_eq!(reads.tables().unwrap(), VIEWS);
+    let balances = json_file(&example("expected_balances.json"));
+    for (k, v) in balances.as_object().unwrap() {
+        assert_eq!(&reads.get("balances", k).unwrap().unwrap().value, v);
+    }
+    assert_eq!(reads.get("balances", "ACC-2").unwrap(), None, "deleted");
+
+    // Rust rows have no declared types: the filter reads the row as JSON.
+    let statements = json_file(&example("expected_monthly_statements.json"));
+    let mut want: Vec<&String> = statements
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s["deposited"].as_i64().unwrap() > 1000 && s["month"] == "2026-01")
+        .map(|(k, _)| k)
+        .collect();
+    want.sort();
+    assert!(!want.is_empty());
+    let got = reads
+        .scan_all(
+            "monthly_statements",
+            &Scan::new()
+                .prefix("ACC-")
+                .filter("row.deposited > 1000 && row.month == '2026-01'"),
+        )
+        .unwrap();
+    assert_eq!(got.iter().map(|r| &r.key).collect::<Vec<_>>(), want);
+    // ... and a field a row does not have is an error naming the row, not a silent miss.
+    let err = reads
+        .scan("monthly_statements", &Scan::new().filter("row.balance > 0"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ReadError::FilterFailed(m) if m.starts_with("row 'ACC-") && m.contains("row.balance")),
+        "{err}"
+    );
+    assert!(
+        reads
+            .scan(
+                "daily_report",
+                &Scan::new().filter("has(row.balance) && row.balance > 0")
+            )
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    engine.join().unwrap().unwrap();
+}
