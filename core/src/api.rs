@@ -7,6 +7,10 @@
 //! aggregate: per-key order and sequence checks, events with deterministic ids,
 //! rejections, state upserts, one transaction per epoch, recovery by replay.
 //!
+//! The read side is [`Projection`] (typed events in, typed rows out, one or more rows
+//! per event), run by [`TypedProjections`] exactly like declared `[[projections]]`. A
+//! running engine's rows and states are read through [`crate::query::ReadHandle`].
+//!
 //! `docs/rust-api.md` walks through it; `tests/rust_api.rs` is a complete bank account
 //! that produces the same events as `examples/bank/pipeline.toml`.
 //!
@@ -56,6 +60,8 @@
 //! }
 //! ```
 
+mod projection;
+
 use std::borrow::Cow;
 use std::io::Write as _;
 
@@ -65,6 +71,10 @@ use serde::de::DeserializeOwned;
 use crate::batch::{write_json_str, write_uint};
 use crate::stage::{Applied, Emit, EventView, OutputSpec, Refused, Stage};
 use crate::stats::DeadReason;
+use projection::write_members;
+pub use projection::{
+    Keys, MAX_TYPED_PROJECTIONS, Projection, ProjectionTopic, TypedProjections, TypedRow, Update,
+};
 
 /// A command refused by the domain: written to the rejections topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,20 +293,8 @@ impl<A: Aggregate> Stage for TypedAggregate<A> {
     }
 
     fn render(&self, st: &Self::State, out: &mut Vec<u8>) {
-        let at = out.len();
-        if serde_json::to_writer(&mut *out, &st.state).is_ok()
-            && out.len() >= at + 2
-            && out[at] == b'{'
-            && out[out.len() - 1] == b'}'
-        {
-            // Members only: the engine writes the braces, the key and the version.
-            out.pop();
-            out.remove(at);
-        } else {
-            out.truncate(at);
-            out.extend_from_slice(b"\"state\":");
-            write_data(out, &st.state);
-        }
+        // Members only: the engine writes the braces, the key and the version.
+        write_members(out, &st.state, "state");
     }
 
     fn outputs(&self) -> Vec<OutputSpec> {

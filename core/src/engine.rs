@@ -19,6 +19,8 @@ use crate::config::Pipeline;
 use crate::log::{
     CommitMarker, Cursor, LogError, LogOptions, LogReader, LogWriter, RecordBuf, TopicId,
 };
+use crate::query::ReadHandle;
+use crate::query::request::{Request, ShardQuery, take_requests};
 use crate::router::Router;
 use crate::shard::{InputNames, ShardCore, ShardPart, ShardSettings};
 use crate::stage::{Aggregate, Fold, Projections, Stage};
@@ -98,6 +100,12 @@ pub struct RunOptions {
     /// Counters of the read side, when the pipeline has an aggregate and projections
     /// (see [`Pipeline::sides`]).
     pub read_side_stats: Arc<Stats>,
+    /// Reads the run's read models while it runs (see [`crate::query`]). In a pipeline
+    /// with an aggregate and projections, this reads the projections (the read side).
+    pub read: Option<ReadHandle>,
+    /// In a pipeline with an aggregate and projections, reads the aggregate's state (the
+    /// write side); unused otherwise.
+    pub write_side_read: Option<ReadHandle>,
 }
 
 impl Default for RunOptions {
@@ -109,6 +117,8 @@ impl Default for RunOptions {
             on_commit: None,
             drain: None,
             read_side_stats: Arc::new(Stats::default()),
+            read: None,
+            write_side_read: None,
         }
     }
 }
@@ -133,6 +143,8 @@ pub struct RunSummary {
 enum ShardMsg {
     Batch(EventBatch),
     Barrier(u64),
+    /// A read, answered with the state at the last barrier.
+    Query(ShardQuery),
 }
 
 enum CommitMsg {
@@ -190,6 +202,7 @@ fn run_sides(
         )?;
     }
     let drain = Arc::new(AtomicBool::new(false));
+    let mut opts = opts;
     let read_opts = RunOptions {
         until_end: false,
         stop: opts.stop.clone(),
@@ -197,7 +210,10 @@ fn run_sides(
         on_commit: None,
         drain: Some(drain.clone()),
         read_side_stats: Arc::new(Stats::default()),
+        read: opts.read.take(),
+        write_side_read: None,
     };
+    opts.read = opts.write_side_read.take();
     let stop = opts.stop.clone();
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
@@ -258,6 +274,13 @@ pub fn run_with_stage<S: Stage>(
     }
     let started = Instant::now();
     let stats = opts.stats.clone();
+    let row_router = stage.row_router();
+    if row_router.is_some() && p.key.sequence.is_some() {
+        return Err(EngineError::Incompatible(format!(
+            "pipeline '{}': key.sequence is set, but the stage computes its own row keys (a projection), and one record may update several rows: remove key.sequence",
+            p.name
+        )));
+    }
 
     // State log: outputs, dead letters and commit markers.
     let mut writer = LogWriter::open(
@@ -311,6 +334,14 @@ pub fn run_with_stage<S: Stage>(
         .collect::<Result<Vec<_>, _>>()?;
     let dead_topic = writer.ensure_topic(&p.dead_letter_topic, 1)?;
     let mut epoch = writer.last_marker().map(|m| m.epoch + 1).unwrap_or(1);
+    // Readers see the state at epoch cuts, once committed: from the last one on.
+    let reads = match &opts.read {
+        Some(h) => Some(
+            h.attach(stage.tables(&p.view.topic), p.shards as u32, epoch - 1)
+                .map_err(EngineError::Incompatible)?,
+        ),
+        None => None,
+    };
 
     // Sources and the committed offsets to replay up to.
     let mut readers = Vec::new();
@@ -378,7 +409,13 @@ pub fn run_with_stage<S: Stage>(
     }
 
     let mut router = Router::new(p, names.clone());
-    let on_commit = opts.on_commit.take();
+    if let Some(r) = row_router {
+        router = router.with_row_router(r);
+    }
+    let on_commit = match &reads {
+        Some(r) => Some(r.commit_hook(opts.on_commit.take())),
+        None => opts.on_commit.take(),
+    };
 
     std::thread::scope(|scope| {
         let mut shard_handles = Vec::with_capacity(n);
@@ -500,7 +537,9 @@ fn route_loop(
     stats: &Stats,
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
-    let fan_out = p.projections.is_some();
+    let fan_out = router.fans_out();
+    let requests = opts.read.as_ref().map(ReadHandle::requests);
+    let mut waiting: Vec<Request> = Vec::new();
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
     let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
@@ -547,6 +586,9 @@ fn route_loop(
         if stopping && replaying {
             // Nothing new was processed: nothing to commit.
             return Ok(started.elapsed());
+        }
+        if let Some(rx) = requests {
+            take_requests(rx, &mut waiting);
         }
         let mut progressed = false;
         if !stopping {
@@ -665,8 +707,18 @@ fn route_loop(
                 deadline + p.commit_interval
             };
             if stopping || done {
+                forward_reads(&mut waiting, *epoch - 1, shard_txs);
                 return Ok(recovery);
             }
+        }
+        // Reads see the state at a cut: right after a barrier, or now if nothing was
+        // read since the last one.
+        if !waiting.is_empty()
+            && epoch_records == 0
+            && dead.is_empty()
+            && !forward_reads(&mut waiting, *epoch - 1, shard_txs)
+        {
+            return Ok(recovery);
         }
 
         if !progressed {
@@ -695,6 +747,19 @@ fn route_loop(
             }
         }
     }
+}
+
+/// Hands the waiting reads to the shards they ask, to be answered with the state at the
+/// end of `epoch` (the last barrier sent); false if the shards are gone.
+fn forward_reads(waiting: &mut Vec<Request>, epoch: u64, shard_txs: &[Sender<ShardMsg>]) -> bool {
+    for r in waiting.drain(..) {
+        for q in r.into_queries(epoch) {
+            if shard_txs[q.shard()].send(ShardMsg::Query(q)).is_err() {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn take_batch(pool: &Receiver<EventBatch>, replay: bool) -> EventBatch {
@@ -749,6 +814,7 @@ fn shard_loop<S: Stage>(
                     break;
                 }
             }
+            ShardMsg::Query(q) => core.answer(q),
         }
     }
     core.keys()

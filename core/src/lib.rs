@@ -16,6 +16,7 @@ pub mod engine;
 pub mod expr;
 pub mod hash;
 pub mod log;
+pub mod query;
 pub mod router;
 pub mod shard;
 pub mod stage;

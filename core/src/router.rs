@@ -11,7 +11,7 @@ use crate::decode::{DecodeError, Extractor, Value};
 use crate::expr::{Env, Program, Slot, Val};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, dead_letter};
-use crate::stage::EventView;
+use crate::stage::{EventView, RowKeys, RowRouter};
 use crate::stats::{DeadReason, Outcomes};
 use crate::upcast::Upcaster;
 
@@ -76,6 +76,8 @@ pub struct Router {
     /// Deliveries of the current record: (projection, key range in `target_keys`).
     targets: Vec<(u32, usize, usize)>,
     target_keys: Vec<u8>,
+    /// A stage that keys records itself (a Rust projection), and its keys' buffer.
+    row_router: Option<(Arc<dyn RowRouter>, RowKeys)>,
 }
 
 /// How a projection pipeline routes: every projection's `when` and `key`.
@@ -184,7 +186,21 @@ impl Router {
             targets: Vec::new(),
             target_keys: Vec::new(),
             envelopes: ce_inputs,
+            row_router: None,
         }
+    }
+
+    /// Routes by the rows `r` names for each record instead of `[key]` or the declared
+    /// `[[projections]]` (see [`crate::stage::Stage::row_router`]).
+    pub fn with_row_router(mut self, r: Arc<dyn RowRouter>) -> Self {
+        self.projections = None;
+        self.row_router = Some((r, RowKeys::new()));
+        self
+    }
+
+    /// Whether one record may go to several shards (a projection pipeline).
+    pub fn fans_out(&self) -> bool {
+        self.projections.is_some() || self.row_router.is_some()
     }
 
     /// Number of values per event.
@@ -246,6 +262,9 @@ impl Router {
         }
         if self.projections.is_some() {
             return self.route_projections(&at, batches, dead, o);
+        }
+        if self.row_router.is_some() {
+            return self.route_rows(&at, batches, dead, o);
         }
         let key_val = self.scratch_vals[self.key_slot.expect("a keyed pipeline")];
         let mut int_key = itoa::Buffer::new();
@@ -454,6 +473,41 @@ impl Router {
                 key_hash,
                 0,
                 target,
+                at,
+            );
+            last = Some(shard);
+        }
+        last
+    }
+
+    /// A stage that keys records itself: one delivery per row its [`RowRouter`] names.
+    /// Counted like a projection record (processed here, or dead-lettered `bad_key`).
+    fn route_rows(
+        &mut self,
+        at: &At<'_>,
+        batches: &mut [EventBatch],
+        dead: &mut OutBuf,
+        o: &mut Outcomes,
+    ) -> Option<usize> {
+        // hot path
+        let (hook, keys) = self.row_router.as_mut().expect("a self-routing stage");
+        keys.clear();
+        if let Err(detail) = hook.route(at.raw, keys) {
+            return refuse(dead, &self.inputs, at, DeadReason::BadKey, &detail, b"", o);
+        }
+        o.processed += 1;
+        let mut last = None;
+        for (table, key) in keys.iter() {
+            let key_hash = stable_hash(key);
+            let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
+            Self::push(
+                &self.scratch_arena,
+                &self.scratch_vals,
+                &mut batches[shard],
+                KeyAt::Bytes(key),
+                key_hash,
+                0,
+                u32::from(table),
                 at,
             );
             last = Some(shard);

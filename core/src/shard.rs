@@ -637,8 +637,16 @@ fn view_buf<'a, S: Stage>(
 
 /// Writes the key's upsert `{"key":K,"version":V,<fields>}`, or `null` when deleted.
 fn render<S: Stage>(stage: &S, entry: &KeyEntry<S::State>, out: &mut OutBuf, partitions: u32) {
-    let key = &entry.key.as_bytes()[stage.key_prefix_len()..];
-    let partition = bucket(entry.hash, PARTITION_SALT, partitions);
+    let prefix = stage.key_prefix_len();
+    let key = &entry.key.as_bytes()[prefix..];
+    // A row's partition follows the key its readers see, not the namespace prefix (which
+    // changes when projections are reordered in the file).
+    let hash = if prefix == 0 {
+        entry.hash
+    } else {
+        crate::hash::stable_hash(key)
+    };
+    let partition = bucket(hash, PARTITION_SALT, partitions);
     if stage.is_deleted(&entry.state) {
         out.push_with(partition, key, |buf| buf.extend_from_slice(b"null"));
         return;
@@ -701,5 +709,6 @@ pub(crate) fn dead_letter(
     });
 }
 
+mod query;
 #[cfg(test)]
 mod tests;

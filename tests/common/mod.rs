@@ -206,3 +206,15 @@ pub fn log_append<S: AsRef<[u8]>>(log: &Path, args: &[&str], lines: impl IntoIte
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Polls `cond` every few milliseconds until it holds; panics after a minute.
+pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

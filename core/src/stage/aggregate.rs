@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use smallvec::SmallVec;
 
-use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage};
+use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::{write_json_str, write_uint};
 use crate::cloudevents;
 use crate::config::{AggregateConfig, FieldPath, slots};
@@ -579,6 +579,24 @@ impl Stage for Aggregate {
 
     fn version(&self, state: &AggState) -> Option<u64> {
         Some(state.version)
+    }
+
+    fn tables(&self, view_topic: &str) -> Vec<TableSpec> {
+        vec![TableSpec {
+            name: view_topic.to_string(),
+            prefix: Vec::new(),
+            fields: Some(
+                self.cfg
+                    .state
+                    .iter()
+                    .map(|f| (f.name.clone(), f.ty))
+                    .collect(),
+            ),
+        }]
+    }
+
+    fn row_values<'s>(&self, state: &'s AggState) -> Option<&'s [Val<'static>]> {
+        Some(&state.fields)
     }
 }
 

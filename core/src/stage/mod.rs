@@ -8,8 +8,11 @@ pub mod aggregate;
 pub mod fold;
 pub mod projection;
 
+use std::sync::Arc;
+
 use crate::batch::OutBuf;
 use crate::decode::Value;
+use crate::expr::{Type, Val};
 use crate::hash::{PARTITION_SALT, bucket};
 use crate::stats::DeadReason;
 
@@ -214,5 +217,108 @@ pub trait Stage: Send + Sync + 'static {
     /// left out of the keys the engine writes.
     fn key_prefix_len(&self) -> usize {
         0
+    }
+    /// The read models a [`crate::query::ReadHandle`] can name. The default: one table,
+    /// the pipeline's view (named `view_topic`), whose rows filters read as JSON.
+    fn tables(&self, view_topic: &str) -> Vec<TableSpec> {
+        vec![TableSpec {
+            name: view_topic.to_string(),
+            prefix: Vec::new(),
+            fields: None,
+        }]
+    }
+    /// The key's row as typed values, in the order of its table's [`TableSpec::fields`]
+    /// (for query filters); `None` (the default) when the table has no typed fields.
+    fn row_values<'s>(&self, _state: &'s Self::State) -> Option<&'s [Val<'static>]> {
+        None
+    }
+    /// A stage that computes the row keys of each record itself (a Rust projection):
+    /// the router then asks it instead of reading `[key]` or the declared
+    /// `[[projections]]`. `None` by default.
+    fn row_router(&self) -> Option<Arc<dyn RowRouter>> {
+        None
+    }
+}
+
+/// A read model that queries can name: a namespace of keys in a stage's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    /// Name used in queries (a projection's name, or the view topic).
+    pub name: String,
+    /// Bytes that start every key of the table (its namespace; see
+    /// [`Stage::key_prefix_len`]); empty for the only table of a stage.
+    pub prefix: Vec<u8>,
+    /// Row fields and their types when the stage keeps rows as typed values
+    /// ([`Stage::row_values`]): filters are then type-checked against them. `None`:
+    /// filters read the row as it is rendered (JSON), checked as they run.
+    pub fields: Option<Vec<(String, Type)>>,
+}
+
+/// Routing for a stage that keys records itself ([`Stage::row_router`]): called by the
+/// router once per record, it names the rows the record updates. The record then goes
+/// once to each of them (a *delivery*, [`Emit::target`] = its table), to the shard that
+/// owns the row. Like a stage it must be deterministic.
+pub trait RowRouter: Send + Sync {
+    /// Pushes the rows `raw` updates into `keys` (none: the record changes nothing).
+    /// `Err` dead-letters the record (`bad_key`) with that detail, and no row sees it.
+    fn route(&self, raw: &[u8], keys: &mut RowKeys) -> Result<(), String>;
+}
+
+/// The rows one record updates, as `(table, key)`, end to end in reused buffers (no
+/// allocation per record). Stored keys carry the table as a 2-byte big-endian prefix,
+/// as the declared projections' do.
+#[derive(Debug, Default)]
+pub struct RowKeys {
+    keys: Vec<(u16, u32, u32)>,
+    bytes: Vec<u8>,
+}
+
+impl RowKeys {
+    /// No keys yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the keys, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.bytes.clear();
+    }
+
+    /// Adds row `key` of table `table`; false (and nothing added) for an empty key.
+    pub fn push(&mut self, table: u16, key: &[u8]) -> bool {
+        self.push_with(table, |b| b.extend_from_slice(key))
+    }
+
+    /// Adds a row of table `table` whose key `write` appends to the buffer it is given;
+    /// false (and nothing added) when it writes nothing.
+    pub fn push_with(&mut self, table: u16, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&table.to_be_bytes());
+        write(&mut self.bytes);
+        if self.bytes.len() == start + 2 {
+            self.bytes.truncate(start);
+            return false;
+        }
+        self.keys
+            .push((table, start as u32, self.bytes.len() as u32));
+        true
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// No keys?
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// `(table, stored key)` in the order pushed; the stored key starts with the table.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &[u8])> {
+        self.keys
+            .iter()
+            .map(|&(t, s, e)| (t, &self.bytes[s as usize..e as usize]))
     }
 }

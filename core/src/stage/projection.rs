@@ -14,7 +14,7 @@
 
 use smallvec::SmallVec;
 
-use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage};
+use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::write_json_str;
 use crate::config::{FieldPath, ProjectionsConfig, projection_slots as slots};
 use crate::expr::{Env, Slot, Type, Val};
@@ -278,5 +278,22 @@ impl Stage for Projections {
 
     fn key_prefix_len(&self) -> usize {
         PREFIX
+    }
+
+    fn tables(&self, _view_topic: &str) -> Vec<TableSpec> {
+        self.cfg
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| TableSpec {
+                name: p.name.clone(),
+                prefix: (i as u16).to_be_bytes().to_vec(),
+                fields: Some(p.fields.iter().map(|f| (f.name.clone(), f.ty)).collect()),
+            })
+            .collect()
+    }
+
+    fn row_values<'s>(&self, row: &'s Row) -> Option<&'s [Val<'static>]> {
+        Some(&row.fields)
     }
 }
