@@ -20,7 +20,7 @@ pub use projection::{
     Handler, MAX_PROJECTIONS, ProjectionConfig, ProjectionsConfig, RowField,
     slots as projection_slots,
 };
-pub use upcast::{MAX_UPCAST_STEPS, UpcastConfig, UpcastRule};
+pub use upcast::{MAX_UPCAST_PARTS, MAX_UPCAST_STEPS, SplitPart, UpcastConfig, UpcastRule};
 pub use walk::parse_duration;
 use walk::{Cx, Table};
 
