@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::batch::{Event, EventBatch, OutBuf, RECORD};
+use crate::batch::{Event, EventBatch, OutBuf, Part, RECORD};
 use crate::cloudevents::EnvelopeCheck;
 use crate::config::{FieldPath, Format, Pipeline, ProjectionsConfig, projection_slots};
 use crate::decode::{DecodeError, Extractor, Value};
@@ -325,6 +325,7 @@ impl Router {
             key_hash,
             seq,
             RECORD,
+            Part::WHOLE,
             &at,
         );
         Some(shard)
@@ -341,6 +342,7 @@ impl Router {
         key_hash: u64,
         seq: u64,
         target: u32,
+        part: Part,
         at: &At<'_>,
     ) {
         // hot path
@@ -371,6 +373,7 @@ impl Router {
             seq,
             raw: (raw_at, at.raw.len() as u32),
             target,
+            part,
         });
     }
 
@@ -454,6 +457,7 @@ impl Router {
                 key_hash,
                 0,
                 target,
+                Part::WHOLE,
                 at,
             );
             last = Some(shard);

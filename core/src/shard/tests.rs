@@ -57,6 +57,7 @@ impl Harness {
         self.o.processed += o.processed;
         self.o.duplicates += o.duplicates;
         self.o.held_delta += o.held_delta;
+        self.o.part_errors += o.part_errors;
         for i in 0..crate::stats::DEAD_REASONS {
             self.o.dead[i] += o.dead[i];
         }
