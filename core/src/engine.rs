@@ -411,7 +411,7 @@ fn route_loop(
     stats: &Stats,
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
-    let fan_out = p.projections.is_some();
+    let fan_out = router.fans_out();
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
     let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
@@ -484,7 +484,8 @@ fn route_loop(
                         !replaying,
                         &mut o,
                     ) {
-                        // A projection record may have gone to several shards.
+                        // A projection record, or the parts of a split one, may have
+                        // gone to several shards.
                         let sent_to = if fan_out { 0..n } else { s..s + 1 };
                         for s in sent_to {
                             if batches[s].events.len() >= BATCH_EVENTS {

@@ -1,6 +1,9 @@
 //! The router's per-record work: decode, extract key and sequence, pick the shard, and
 //! append the event to that shard's batch. Records that cannot be routed become dead
-//! letters here. No threads or channels in this file (see `engine`).
+//! letters here. No threads or channels in this file (see `engine`). Records that an
+//! `[upcast]` rule splits are routed part by part in `router/split.rs`.
+
+mod split;
 
 use std::sync::Arc;
 
@@ -13,7 +16,7 @@ use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, dead_letter};
 use crate::stage::EventView;
 use crate::stats::{DeadReason, Outcomes};
-use crate::upcast::Upcaster;
+use crate::upcast::{Upcast, Upcaster};
 
 /// The record being routed, as dead letters and batches need it.
 struct At<'r> {
@@ -76,6 +79,8 @@ pub struct Router {
     /// Deliveries of the current record: (projection, key range in `target_keys`).
     targets: Vec<(u32, usize, usize)>,
     target_keys: Vec<u8>,
+    /// Parts of a split record, and where each goes.
+    split: split::Scratch,
 }
 
 /// How a projection pipeline routes: every projection's `when` and `key`.
@@ -184,7 +189,14 @@ impl Router {
             targets: Vec::new(),
             target_keys: Vec::new(),
             envelopes: ce_inputs,
+            split: split::Scratch::new(fields.len()),
         }
+    }
+
+    /// Whether one record may go to several shards (projection deliveries, or the parts
+    /// of a record that an `[upcast]` rule split): then every shard's batch may have grown.
+    pub fn fans_out(&self) -> bool {
+        self.projections.is_some() || self.upcaster.as_ref().is_some_and(Upcaster::splits)
     }
 
     /// Number of values per event.
@@ -239,10 +251,15 @@ impl Router {
                 o,
             );
         }
-        if let Some(up) = &self.upcaster
-            && let Err(detail) = up.apply(&mut self.scratch_vals, &mut self.scratch_arena)
-        {
-            return refuse(dead, &self.inputs, &at, DeadReason::Upcast, &detail, b"", o);
+        if let Some(up) = &self.upcaster {
+            let parts = &mut self.split.parts;
+            match up.apply(&mut self.scratch_vals, &mut self.scratch_arena, parts) {
+                Ok(Upcast::One) => {}
+                Ok(Upcast::Split) => return self.route_parts(&at, batches, dead, o),
+                Err(detail) => {
+                    return refuse(dead, &self.inputs, &at, DeadReason::Upcast, &detail, b"", o);
+                }
+            }
         }
         if self.projections.is_some() {
             return self.route_projections(&at, batches, dead, o);
@@ -398,49 +415,9 @@ impl Router {
         // Keys of this record's deliveries, end to end in one reused buffer.
         self.targets.clear();
         self.target_keys.clear();
-        let mut failure = None;
-        for (i, (name, when, key)) in pr.list.iter().enumerate() {
-            if let Some(w) = when {
-                match w.eval_bool(&env) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        failure = Some(format!("projection '{name}': when `{}`: {e}", w.source()));
-                        break;
-                    }
-                }
-            }
-            // Row keys are namespaced by projection: two projections may use the same key.
-            let start = self.target_keys.len();
-            self.target_keys
-                .extend_from_slice(&(i as u16).to_be_bytes());
-            match key.eval(&env) {
-                Ok(Val::Str(s)) if !s.is_empty() => {
-                    self.target_keys.extend_from_slice(s.as_bytes())
-                }
-                Ok(Val::Int(n)) => self
-                    .target_keys
-                    .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                Ok(other) => {
-                    failure = Some(format!(
-                        "projection '{name}': key `{}` must give a non-empty string or an int, got {}",
-                        key.source(),
-                        if matches!(other, Val::Str(_)) {
-                            "an empty string".to_string()
-                        } else {
-                            other.type_of().to_string()
-                        }
-                    ));
-                    break;
-                }
-                Err(e) => {
-                    failure = Some(format!("projection '{name}': key `{}`: {e}", key.source()));
-                    break;
-                }
-            }
-            self.targets.push((i as u32, start, self.target_keys.len()));
-        }
-        if let Some(detail) = failure {
+        if let Err(detail) =
+            Self::projection_targets(pr, &env, &mut self.targets, &mut self.target_keys)
+        {
             return refuse(dead, &self.inputs, at, DeadReason::BadKey, &detail, b"", o);
         }
         o.processed += 1;
@@ -463,6 +440,57 @@ impl Router {
             last = Some(shard);
         }
         last
+    }
+
+    /// Appends the deliveries of the record in `env` to `targets`: `(projection, its row
+    /// key's range in target_keys)` for every projection that takes it. `Err` says which
+    /// `when` or `key` failed.
+    fn projection_targets(
+        pr: &ProjectionRouting,
+        env: &RecordEnv<'_>,
+        targets: &mut Vec<(u32, usize, usize)>,
+        target_keys: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let mut failure = None;
+        for (i, (name, when, key)) in pr.list.iter().enumerate() {
+            if let Some(w) = when {
+                match w.eval_bool(env) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        failure = Some(format!("projection '{name}': when `{}`: {e}", w.source()));
+                        break;
+                    }
+                }
+            }
+            // Row keys are namespaced by projection: two projections may use the same key.
+            let start = target_keys.len();
+            target_keys.extend_from_slice(&(i as u16).to_be_bytes());
+            match key.eval(env) {
+                Ok(Val::Str(s)) if !s.is_empty() => target_keys.extend_from_slice(s.as_bytes()),
+                Ok(Val::Int(n)) => {
+                    target_keys.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+                }
+                Ok(other) => {
+                    failure = Some(format!(
+                        "projection '{name}': key `{}` must give a non-empty string or an int, got {}",
+                        key.source(),
+                        if matches!(other, Val::Str(_)) {
+                            "an empty string".to_string()
+                        } else {
+                            other.type_of().to_string()
+                        }
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!("projection '{name}': key `{}`: {e}", key.source()));
+                    break;
+                }
+            }
+            targets.push((i as u32, start, target_keys.len()));
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     fn str_of(&self, v: Value) -> &[u8] {
