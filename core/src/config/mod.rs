@@ -473,7 +473,8 @@ impl Pipeline {
 
         // [upcast]
         let mut up_table = root.table(&mut cx, "upcast");
-        let upcast = upcast::parse(&mut cx, &mut up_table);
+        let sequenced_key = key_field.as_ref().zip(sequence.as_ref());
+        let upcast = upcast::parse(&mut cx, &mut up_table, sequenced_key);
         up_table.finish(&mut cx);
 
         // [aggregate] (read first: it decides what [view] must hold)

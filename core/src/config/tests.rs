@@ -150,7 +150,7 @@ from = 1
 compute = {{ amount = "event.cents" }}
 split = [
   {{ set = {{ type = "'debit'" }} }},
-  {{ set = {{ type = "'credit'", account = "event.to" }}, remove = ["to"] }},
+  {{ set = {{ type = "'credit'", account = "event.to", seq = "event.to_seq" }}, remove = ["to"] }},
 ]
 "#
     );
@@ -159,7 +159,7 @@ split = [
     assert!(u.splits());
     let rule = &u.rules[0];
     assert_eq!(rule.split.len(), 2);
-    assert_eq!(rule.split[1].set.len(), 2);
+    assert_eq!(rule.split[1].set.len(), 3);
     assert_eq!(rule.split[1].remove, [FieldPath::parse("to").unwrap()]);
     let fields: Vec<String> = p
         .referenced_fields()
@@ -189,7 +189,7 @@ split = "both"
 
 [[upcast.rules]]
 from = 4
-split = [{{ set = {{ a = "1" }}, remove = ["a"] }}, {{}}]
+split = [{{ set = {{ a = "1" }}, remove = ["a"] }}, {{ set = {{ account = "event.to" }} }}]
 "#
     );
     let errs = Pipeline::parse(&bad, Path::new(".")).unwrap_err();
@@ -232,8 +232,12 @@ split = [{{ set = {{ a = "1" }}, remove = ["a"] }}, {{}}]
             "upcast.rules[3].split[0].remove (line {}): removes \"a\", a field this part also sets",
             base + 21
         ),
+        format!(
+            "upcast.rules[3].split[1].set.account (line {}): sets the key field \"account\" but not the sequence field \"seq\"",
+            base + 21
+        ),
     ] {
         assert!(joined.contains(&needle), "missing {needle:?} in:\n{joined}");
     }
-    assert_eq!(errs.len(), 8, "{joined}");
+    assert_eq!(errs.len(), 9, "{joined}");
 }

@@ -164,12 +164,14 @@ fn exprs(
 }
 
 /// Reads `split = [{ set = {...}, remove = [...] }, ...]` of a rule (absent: empty).
+/// `sequenced_key`: `[key] field` and `sequence`, when the pipeline has both.
 fn split(
     cx: &mut Cx<'_>,
     r: &mut Table<'_, '_>,
     vars: &EventVars<'_>,
     version_field: &FieldPath,
     from: Option<u64>,
+    sequenced_key: Option<(&FieldPath, &FieldPath)>,
 ) -> Vec<SplitPart> {
     let at = walk::join(&r.path, "split");
     // The number of parts, when `split` is an array (`tables` reports anything else).
@@ -202,6 +204,23 @@ fn split(
                 &at,
                 span,
                 format!("sets the version field: every part goes on at version {next}"),
+            );
+        }
+        // A part moved to another key needs that key's number: the record's own number
+        // counts in its own key's gapless sequence, where the part would stall or be
+        // dropped as a duplicate.
+        if let Some((key, seq)) = sequenced_key
+            && set.iter().any(|(p, _)| p == key)
+            && !set.iter().any(|(p, _)| p == seq)
+        {
+            cx.error(
+                &walk::join(&walk::join(&t.path, "set"), &key.to_string()),
+                t.span(),
+                format!(
+                    "sets the key field \"{key}\" but not the sequence field \"{seq}\": a part for \
+                     another key needs that key's sequence number (from a field of the record); \
+                     to keep the record's, set {seq} = \"event.{seq}\""
+                ),
             );
         }
         let remove = paths(cx, &mut t, "remove");
@@ -255,8 +274,13 @@ fn paths(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str) -> Vec<FieldPath> {
     out
 }
 
-/// Reads and checks `[upcast]` (absent: `None`).
-pub(crate) fn parse(cx: &mut Cx<'_>, u: &mut Table<'_, '_>) -> Option<UpcastConfig> {
+/// Reads and checks `[upcast]` (absent: `None`). `sequenced_key`: `[key] field` and
+/// `sequence`, when the pipeline has both.
+pub(crate) fn parse(
+    cx: &mut Cx<'_>,
+    u: &mut Table<'_, '_>,
+    sequenced_key: Option<(&FieldPath, &FieldPath)>,
+) -> Option<UpcastConfig> {
     if !u.is_present() {
         return None;
     }
@@ -310,7 +334,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, u: &mut Table<'_, '_>) -> Option<UpcastConf
         rt.finish(cx);
         let defaults = exprs(cx, &mut r, "defaults", &vars);
         let compute = exprs(cx, &mut r, "compute", &vars);
-        let split = split(cx, &mut r, &vars, &version_field, from);
+        let split = split(cx, &mut r, &vars, &version_field, from, sequenced_key);
         if !changes_something {
             cx.error(
                 &r.path,
