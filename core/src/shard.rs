@@ -289,7 +289,7 @@ impl<S: Stage> ShardCore<S> {
                         &mut self.dead,
                         &self.inputs,
                         DeadReason::ReorderBufferFull,
-                        &detail,
+                        &part_detail(&detail, ev.part),
                         ev.input,
                         ev.offset,
                         key,
@@ -453,7 +453,7 @@ impl<S: Stage> ShardCore<S> {
                     &mut self.dead,
                     &self.inputs,
                     refused.reason,
-                    &refused.detail,
+                    &part_detail(&refused.detail, part),
                     input,
                     offset,
                     key,
@@ -507,7 +507,7 @@ impl<S: Stage> ShardCore<S> {
                 &mut self.dead,
                 &self.inputs,
                 DeadReason::GapNotFilled,
-                &detail,
+                &part_detail(&detail, h.part),
                 h.input,
                 h.offset,
                 entry.key.as_bytes(),
@@ -656,6 +656,21 @@ fn sink<'o>(
         o
     } else {
         later
+    }
+}
+
+/// `detail`, saying which part the event is when it is one of a split record's (its dead
+/// letter carries the whole stored record).
+fn part_detail(detail: &str, part: Part) -> std::borrow::Cow<'_, str> {
+    if part.is_split() {
+        format!(
+            "{detail} (part {} of {} of a record split by [upcast])",
+            u32::from(part.index) + 1,
+            part.count
+        )
+        .into()
+    } else {
+        detail.into()
     }
 }
 

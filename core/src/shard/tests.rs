@@ -400,7 +400,7 @@ fn a_later_part_that_fails_is_a_part_error_not_a_second_outcome() {
 [upcast]
 [[upcast.rules]]
 from = 1
-split = [{ set = { n = "1" } }, { set = { k = "event.k + '2'" } }]
+split = [{ set = { n = "1" } }, { set = { k = "event.k + '2'", seq = "event.seq" } }]
 "#,
     );
     h.feed(&[r#"{"k":"a","seq":1,"n":"lots"}"#]);
@@ -410,6 +410,11 @@ split = [{ set = { n = "1" } }, { set = { k = "event.k + '2'" } }]
     assert_eq!(dead[0]["reason"], "logic_error");
     assert_eq!(dead[0]["key"], "a2");
     assert_eq!(dead[0]["payload"], r#"{"k":"a","seq":1,"n":"lots"}"#);
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.ends_with("(part 2 of 2 of a record split by [upcast])"),
+        "{detail}"
+    );
     assert_eq!(
         (h.o.processed, h.o.dead_total(), h.o.part_errors),
         (1, 0, 1)
