@@ -282,7 +282,6 @@ impl Upcaster {
 
     /// Puts the parts `rule` splits `record` into on top of the `parts.todo` stack, at
     /// version `version + 1`, part 0 on top.
-    #[allow(clippy::too_many_arguments)]
     fn split(
         &self,
         rule: &Rule,

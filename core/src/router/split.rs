@@ -70,52 +70,21 @@ impl Router {
         let sc = &mut self.split;
         sc.routes.clear();
         sc.keys.clear();
+        let key_slot = self.key_slot.expect("a keyed pipeline");
         for i in 0..n {
             let vals = sc.parts.get(i);
             let start = sc.keys.len();
-            let key_slot = self.key_slot.expect("a keyed pipeline");
-            let failure = match vals[key_slot] {
-                Value::Str(s, l) if l > 0 => {
-                    sc.keys
-                        .extend_from_slice(&self.scratch_arena[s as usize..(s + l) as usize]);
-                    None
-                }
-                Value::Int(k) => {
-                    sc.keys
-                        .extend_from_slice(itoa::Buffer::new().format(k).as_bytes());
-                    None
-                }
-                Value::Missing => Some(format!("the key field '{}' is missing", self.key_name)),
-                other => Some(format!(
-                    "the key field '{}' must be a non-empty string or an integer, got {}",
-                    self.key_name,
-                    if matches!(other, Value::Str(..)) {
-                        "an empty string"
-                    } else {
-                        other.kind()
-                    }
-                )),
-            };
-            let seq = match (failure, self.seq_slot) {
-                (Some(f), _) => Err(f),
-                (None, None) => Ok(0),
-                (None, Some(slot)) => match vals[slot] {
-                    Value::Int(s) if s >= 0 => Ok(s as u64),
-                    Value::Missing => {
-                        Err(format!("the sequence field '{}' is missing", self.seq_name))
-                    }
-                    Value::Int(s) => Err(format!(
-                        "the sequence field '{}' must be a non-negative integer, got {s}",
-                        self.seq_name
-                    )),
-                    other => Err(format!(
-                        "the sequence field '{}' must be a non-negative integer, got {}",
-                        self.seq_name,
-                        other.kind()
-                    )),
-                },
-            };
-            match seq {
+            let route = part_key(
+                vals[key_slot],
+                &self.scratch_arena,
+                &self.key_name,
+                &mut sc.keys,
+            )
+            .and_then(|()| match self.seq_slot {
+                None => Ok(0),
+                Some(slot) => part_seq(vals[slot], &self.seq_name),
+            });
+            match route {
                 Ok(seq) => {
                     let hash = stable_hash(&sc.keys[start..]);
                     sc.routes.push((start, sc.keys.len(), hash, seq));
@@ -224,5 +193,42 @@ impl Router {
             from = end;
         }
         last
+    }
+}
+
+/// Appends the key of a part to `keys` (as the router reads a record's key), or says why
+/// it has none.
+fn part_key(v: Value, arena: &[u8], name: &str, keys: &mut Vec<u8>) -> Result<(), String> {
+    match v {
+        Value::Str(s, l) if l > 0 => keys.extend_from_slice(&arena[s as usize..(s + l) as usize]),
+        Value::Int(k) => keys.extend_from_slice(itoa::Buffer::new().format(k).as_bytes()),
+        Value::Missing => return Err(format!("the key field '{name}' is missing")),
+        Value::Str(..) => {
+            return Err(format!(
+                "the key field '{name}' must be a non-empty string or an integer, got an empty string"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "the key field '{name}' must be a non-empty string or an integer, got {}",
+                other.kind()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The sequence number of a part, or why it has none.
+fn part_seq(v: Value, name: &str) -> Result<u64, String> {
+    match v {
+        Value::Int(s) if s >= 0 => Ok(s as u64),
+        Value::Missing => Err(format!("the sequence field '{name}' is missing")),
+        Value::Int(s) => Err(format!(
+            "the sequence field '{name}' must be a non-negative integer, got {s}"
+        )),
+        other => Err(format!(
+            "the sequence field '{name}' must be a non-negative integer, got {}",
+            other.kind()
+        )),
     }
 }
