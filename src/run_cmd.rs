@@ -182,6 +182,21 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
             plural(st.delivery_errors as usize)
         );
     }
+    if st.split > 0 {
+        println!(
+            "  split     {} record{} split by [upcast] into {} parts (counted as records above)",
+            thousands(st.split),
+            plural(st.split as usize),
+            thousands(st.split_parts)
+        );
+    }
+    if st.part_errors > 0 {
+        println!(
+            "  errors    {} later part{} of split records failed and were dead-lettered (a split record's outcome is its first part's)",
+            thousands(st.part_errors),
+            plural(st.part_errors as usize)
+        );
+    }
     if st.rejected > 0 {
         println!(
             "  rejected  {} of the processed commands were rejected by a rule (see the rejections topic)",

@@ -24,10 +24,54 @@ pub struct Event {
     /// In a projection pipeline, the projection this delivery is for (the record itself
     /// was counted by the router); [`RECORD`] otherwise.
     pub target: u32,
+    /// Which part of its record this is ([`Part::WHOLE`] unless an `[upcast]` rule split it).
+    pub part: Part,
 }
 
 /// [`Event::target`] of an ordinary record (not a projection delivery).
 pub const RECORD: u32 = u32::MAX;
+
+/// Which part of its stored record an event is. An `[upcast]` rule may split one record
+/// into several parts (`crate::upcast`); the router routes each as an event of its own.
+///
+/// A record is read once, so it has one outcome: in a keyed pipeline that of its part 0;
+/// the outcomes of the other parts are not counted as records (a later part that is
+/// dead-lettered is counted in `Outcomes::part_errors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Position among the record's parts, in split order (0 for a whole record).
+    pub index: u8,
+    /// Number of parts of the record (1 for a whole record).
+    pub count: u8,
+    /// Position among the parts of the record with this part's key and sequence number:
+    /// a sequenced key applies its events in `(sequence, sub)` order (see `shard`).
+    pub sub: u8,
+    /// No later part of the record has this part's key and sequence number: once it is
+    /// applied, its key waits for the next sequence number.
+    pub last: bool,
+}
+
+impl Part {
+    /// A record that was not split.
+    pub const WHOLE: Part = Part {
+        index: 0,
+        count: 1,
+        sub: 0,
+        last: true,
+    };
+
+    /// Whether the event is one of several parts of its record.
+    #[inline]
+    pub fn is_split(self) -> bool {
+        self.count > 1
+    }
+
+    /// Whether the event's outcome is its record's (a whole record, or part 0).
+    #[inline]
+    pub fn counted(self) -> bool {
+        self.index == 0
+    }
+}
 
 /// Events for one shard, with their field values and an arena for their bytes.
 #[derive(Debug, Default)]

@@ -631,7 +631,8 @@ fn route_loop(
                         !replaying,
                         &mut o,
                     ) {
-                        // A projection record may have gone to several shards.
+                        // A projection record, or the parts of a split one, may have
+                        // gone to several shards.
                         let sent_to = if fan_out { 0..n } else { s..s + 1 };
                         for s in sent_to {
                             if batches[s].events.len() >= BATCH_EVENTS {

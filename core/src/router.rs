@@ -1,10 +1,13 @@
 //! The router's per-record work: decode, extract key and sequence, pick the shard, and
 //! append the event to that shard's batch. Records that cannot be routed become dead
-//! letters here. No threads or channels in this file (see `engine`).
+//! letters here. No threads or channels in this file (see `engine`). Records that an
+//! `[upcast]` rule splits are routed part by part in `router/split.rs`.
+
+mod split;
 
 use std::sync::Arc;
 
-use crate::batch::{Event, EventBatch, OutBuf, RECORD};
+use crate::batch::{Event, EventBatch, OutBuf, Part, RECORD};
 use crate::cloudevents::EnvelopeCheck;
 use crate::config::{FieldPath, Format, Pipeline, ProjectionsConfig, projection_slots};
 use crate::decode::{DecodeError, Extractor, Value};
@@ -13,7 +16,7 @@ use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, dead_letter};
 use crate::stage::{EventView, RowKeys, RowRouter};
 use crate::stats::{DeadReason, Outcomes};
-use crate::upcast::Upcaster;
+use crate::upcast::{Upcast, Upcaster};
 
 /// The record being routed, as dead letters and batches need it.
 struct At<'r> {
@@ -78,6 +81,8 @@ pub struct Router {
     target_keys: Vec<u8>,
     /// A stage that keys records itself (a Rust projection), and its keys' buffer.
     row_router: Option<(Arc<dyn RowRouter>, RowKeys)>,
+    /// Parts of a split record, and where each goes.
+    split: split::Scratch,
 }
 
 /// How a projection pipeline routes: every projection's `when` and `key`.
@@ -187,6 +192,7 @@ impl Router {
             target_keys: Vec::new(),
             envelopes: ce_inputs,
             row_router: None,
+            split: split::Scratch::new(fields.len()),
         }
     }
 
@@ -198,9 +204,13 @@ impl Router {
         self
     }
 
-    /// Whether one record may go to several shards (a projection pipeline).
+    /// Whether one record may go to several shards (projection deliveries, rows a stage
+    /// names itself, or the parts of a record that an `[upcast]` rule split): then every
+    /// shard's batch may have grown.
     pub fn fans_out(&self) -> bool {
-        self.projections.is_some() || self.row_router.is_some()
+        self.projections.is_some()
+            || self.row_router.is_some()
+            || self.upcaster.as_ref().is_some_and(Upcaster::splits)
     }
 
     /// Number of values per event.
@@ -255,10 +265,15 @@ impl Router {
                 o,
             );
         }
-        if let Some(up) = &self.upcaster
-            && let Err(detail) = up.apply(&mut self.scratch_vals, &mut self.scratch_arena)
-        {
-            return refuse(dead, &self.inputs, &at, DeadReason::Upcast, &detail, b"", o);
+        if let Some(up) = &self.upcaster {
+            let parts = &mut self.split.parts;
+            match up.apply(&mut self.scratch_vals, &mut self.scratch_arena, parts) {
+                Ok(Upcast::One) => {}
+                Ok(Upcast::Split) => return self.route_parts(&at, batches, dead, o),
+                Err(detail) => {
+                    return refuse(dead, &self.inputs, &at, DeadReason::Upcast, &detail, b"", o);
+                }
+            }
         }
         if self.projections.is_some() {
             return self.route_projections(&at, batches, dead, o);
@@ -344,6 +359,7 @@ impl Router {
             key_hash,
             seq,
             RECORD,
+            Part::WHOLE,
             &at,
         );
         Some(shard)
@@ -360,6 +376,7 @@ impl Router {
         key_hash: u64,
         seq: u64,
         target: u32,
+        part: Part,
         at: &At<'_>,
     ) {
         // hot path
@@ -390,6 +407,7 @@ impl Router {
             seq,
             raw: (raw_at, at.raw.len() as u32),
             target,
+            part,
         });
     }
 
@@ -414,10 +432,46 @@ impl Router {
         // Keys of this record's deliveries, end to end in one reused buffer.
         self.targets.clear();
         self.target_keys.clear();
+        if let Err(detail) =
+            Self::projection_targets(pr, &env, &mut self.targets, &mut self.target_keys)
+        {
+            return refuse(dead, &self.inputs, at, DeadReason::BadKey, &detail, b"", o);
+        }
+        o.processed += 1;
+        let mut last = None;
+        for &(target, start, end) in &self.targets {
+            let key = &self.target_keys[start..end];
+            let key_hash = stable_hash(key);
+            let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
+            Self::push(
+                &self.scratch_arena,
+                &self.scratch_vals,
+                &mut batches[shard],
+                KeyAt::Bytes(key),
+                key_hash,
+                0,
+                target,
+                Part::WHOLE,
+                at,
+            );
+            last = Some(shard);
+        }
+        last
+    }
+
+    /// Appends the deliveries of the record in `env` to `targets`: `(projection, its row
+    /// key's range in target_keys)` for every projection that takes it. `Err` says which
+    /// `when` or `key` failed.
+    fn projection_targets(
+        pr: &ProjectionRouting,
+        env: &RecordEnv<'_>,
+        targets: &mut Vec<(u32, usize, usize)>,
+        target_keys: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let mut failure = None;
         for (i, (name, when, key)) in pr.list.iter().enumerate() {
             if let Some(w) = when {
-                match w.eval_bool(&env) {
+                match w.eval_bool(env) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(e) => {
@@ -427,16 +481,13 @@ impl Router {
                 }
             }
             // Row keys are namespaced by projection: two projections may use the same key.
-            let start = self.target_keys.len();
-            self.target_keys
-                .extend_from_slice(&(i as u16).to_be_bytes());
-            match key.eval(&env) {
-                Ok(Val::Str(s)) if !s.is_empty() => {
-                    self.target_keys.extend_from_slice(s.as_bytes())
+            let start = target_keys.len();
+            target_keys.extend_from_slice(&(i as u16).to_be_bytes());
+            match key.eval(env) {
+                Ok(Val::Str(s)) if !s.is_empty() => target_keys.extend_from_slice(s.as_bytes()),
+                Ok(Val::Int(n)) => {
+                    target_keys.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
                 }
-                Ok(Val::Int(n)) => self
-                    .target_keys
-                    .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                 Ok(other) => {
                     failure = Some(format!(
                         "projection '{name}': key `{}` must give a non-empty string or an int, got {}",
@@ -454,30 +505,9 @@ impl Router {
                     break;
                 }
             }
-            self.targets.push((i as u32, start, self.target_keys.len()));
+            targets.push((i as u32, start, target_keys.len()));
         }
-        if let Some(detail) = failure {
-            return refuse(dead, &self.inputs, at, DeadReason::BadKey, &detail, b"", o);
-        }
-        o.processed += 1;
-        let mut last = None;
-        for &(target, start, end) in &self.targets {
-            let key = &self.target_keys[start..end];
-            let key_hash = stable_hash(key);
-            let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
-            Self::push(
-                &self.scratch_arena,
-                &self.scratch_vals,
-                &mut batches[shard],
-                KeyAt::Bytes(key),
-                key_hash,
-                0,
-                target,
-                at,
-            );
-            last = Some(shard);
-        }
-        last
+        failure.map_or(Ok(()), Err)
     }
 
     /// A stage that keys records itself: one delivery per row its [`RowRouter`] names.
@@ -508,6 +538,7 @@ impl Router {
                 key_hash,
                 0,
                 u32::from(table),
+                Part::WHOLE,
                 at,
             );
             last = Some(shard);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-use crate::batch::{EventBatch, OutBuf, RECORD, write_json_str, write_uint};
+use crate::batch::{EventBatch, OutBuf, Part, RECORD, write_json_str, write_uint};
 use crate::config::{EmitMode, Pipeline};
 use crate::decode::Value;
 use crate::hash::{PARTITION_SALT, bucket};
@@ -25,6 +25,7 @@ pub type InputNames = Arc<Vec<(String, u32)>>;
 #[derive(Debug)]
 struct Held {
     seq: u64,
+    part: Part,
     input: u32,
     offset: u64,
     values: Box<[Value]>,
@@ -64,6 +65,9 @@ struct KeyEntry<St> {
     key: KeyBytes,
     /// Next expected sequence number.
     next_seq: u64,
+    /// Next expected part of a split record with that number (`Part::sub`): a key applies
+    /// its events in `(seq, sub)` order. 0 but between parts of one record.
+    next_sub: u8,
     /// Version of the read model: the last applied sequence number, or the number of
     /// applied records when sequences are off.
     version: u64,
@@ -221,6 +225,7 @@ impl<S: Stage> ShardCore<S> {
                     hash,
                     key: KeyBytes::new(key),
                     next_seq: self.cfg.sequence_start,
+                    next_sub: 0,
                     version: 0,
                     dirty: false,
                     rendered_gen: 0,
@@ -238,6 +243,9 @@ impl<S: Stage> ShardCore<S> {
     pub fn process(&mut self, batch: &EventBatch) -> Outcomes {
         // hot path
         let mut o = Outcomes::default();
+        // What happens to later parts of split records: not their records' outcomes (a
+        // record's is its part 0's); only their dead letters are kept, as part errors.
+        let mut later = Outcomes::default();
         let emit = !batch.replay;
         let slots = self.cfg.slots;
         for (i, ev) in batch.events.iter().enumerate() {
@@ -250,38 +258,45 @@ impl<S: Stage> ShardCore<S> {
             };
             let raw = batch.bytes(ev.raw);
             if !self.cfg.sequenced {
+                let oc = sink(&mut o, &mut later, ev.part, ev.target);
                 self.apply(
-                    idx, view, ev.input, ev.offset, 0, raw, emit, ev.target, &mut o,
+                    idx, view, ev.input, ev.offset, 0, raw, emit, ev.target, ev.part, oc,
                 );
                 continue;
             }
             let entry = &mut self.entries[idx as usize];
-            if ev.seq < entry.next_seq
+            // Positions are (seq, sub): sub is 0 except for parts of a split record.
+            let at = (ev.seq, ev.part.sub);
+            let next = (entry.next_seq, entry.next_sub);
+            if at < next
                 || (entry.held > 0
                     && self
                         .held
                         .get(&idx)
-                        .is_some_and(|v| v.iter().any(|h| h.seq == ev.seq)))
+                        .is_some_and(|v| v.iter().any(|h| (h.seq, h.part.sub) == at)))
             {
-                o.duplicates += 1;
-            } else if ev.seq > entry.next_seq {
+                sink(&mut o, &mut later, ev.part, ev.target).duplicates += 1;
+            } else if at > next {
+                let oc = sink(&mut o, &mut later, ev.part, ev.target);
                 if self.held_total >= self.cfg.reorder_capacity {
                     let detail = format!(
                         "sequence gap: expected {}, got {}; the reorder buffer is full ({} records held in this shard)",
-                        entry.next_seq, ev.seq, self.held_total
+                        Position(next),
+                        Position(at),
+                        self.held_total
                     );
                     dead_letter(
                         &mut self.dead,
                         &self.inputs,
                         DeadReason::ReorderBufferFull,
-                        &detail,
+                        &part_detail(&detail, ev.part),
                         ev.input,
                         ev.offset,
                         key,
                         Some(ev.seq),
                         raw,
                         emit,
-                        &mut o,
+                        oc,
                     );
                 } else {
                     // Hold a self-contained copy (rebased strings + raw bytes).
@@ -299,6 +314,7 @@ impl<S: Stage> ShardCore<S> {
                     entry.held += 1;
                     self.held.entry(idx).or_default().push(Held {
                         seq: ev.seq,
+                        part: ev.part,
                         input: ev.input,
                         offset: ev.offset,
                         values: vals,
@@ -306,12 +322,13 @@ impl<S: Stage> ShardCore<S> {
                         raw: (raw_at, ev.raw.1),
                     });
                     self.held_total += 1;
-                    o.held_delta += 1;
+                    oc.held_delta += 1;
                     self.expiry[ev.input as usize].push_back((ev.offset, idx, ev.seq));
                 }
             } else {
+                let oc = sink(&mut o, &mut later, ev.part, ev.target);
                 self.apply(
-                    idx, view, ev.input, ev.offset, ev.seq, raw, emit, ev.target, &mut o,
+                    idx, view, ev.input, ev.offset, ev.seq, raw, emit, ev.target, ev.part, oc,
                 );
                 // Release held successors that are now in order.
                 loop {
@@ -319,25 +336,28 @@ impl<S: Stage> ShardCore<S> {
                     if entry.held == 0 {
                         break;
                     }
-                    let next = entry.next_seq;
-                    let Some(h) = take_held(&mut self.held, idx, |h| h.seq == next) else {
+                    let next = (entry.next_seq, entry.next_sub);
+                    let Some(h) = take_held(&mut self.held, idx, |h| (h.seq, h.part.sub) == next)
+                    else {
                         break;
                     };
                     entry.held -= 1;
                     self.held_total -= 1;
-                    o.held_delta -= 1;
+                    let oc = sink(&mut o, &mut later, h.part, RECORD);
+                    oc.held_delta -= 1;
                     let view = EventView {
                         values: &h.values,
                         arena: &h.arena,
                     };
                     let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
                     self.apply(
-                        idx, view, h.input, h.offset, h.seq, raw, emit, RECORD, &mut o,
+                        idx, view, h.input, h.offset, h.seq, raw, emit, RECORD, h.part, oc,
                     );
                 }
             }
-            self.expire(ev.input, ev.offset, emit, &mut o);
+            self.expire(ev.input, ev.offset, emit, &mut o, &mut later);
         }
+        o.part_errors += later.dead_total();
         o
     }
 
@@ -354,14 +374,20 @@ impl<S: Stage> ShardCore<S> {
         raw: &[u8],
         emit: bool,
         target: u32,
+        part: Part,
         o: &mut Outcomes,
     ) {
         // hot path
         let entry = &mut self.entries[idx as usize];
         if self.cfg.sequenced {
             // The slot is consumed whether the stage accepts the record or not, so that one
-            // bad record does not stall its key forever.
-            entry.next_seq = seq + 1;
+            // bad record does not stall its key forever. After a part of a split record with
+            // more parts of this key and number to come, the key waits for the next part.
+            (entry.next_seq, entry.next_sub) = if part.last {
+                (seq + 1, 0)
+            } else {
+                (seq, part.sub + 1)
+            };
         }
         let delivery = target != RECORD;
         let (source, partition) = &self.inputs[input as usize];
@@ -375,6 +401,7 @@ impl<S: Stage> ShardCore<S> {
             partition: *partition,
             offset,
             target,
+            part,
             raw,
             outs: &mut self.emitted,
             partitions: &self.emitted_partitions,
@@ -426,7 +453,7 @@ impl<S: Stage> ShardCore<S> {
                     &mut self.dead,
                     &self.inputs,
                     refused.reason,
-                    &refused.detail,
+                    &part_detail(&refused.detail, part),
                     input,
                     offset,
                     key,
@@ -444,7 +471,14 @@ impl<S: Stage> ShardCore<S> {
     }
 
     /// Dead-letters records of `input` held for longer than the window.
-    fn expire(&mut self, input: u32, offset: u64, emit: bool, o: &mut Outcomes) {
+    fn expire(
+        &mut self,
+        input: u32,
+        offset: u64,
+        emit: bool,
+        o: &mut Outcomes,
+        later: &mut Outcomes,
+    ) {
         let window = self.cfg.reorder_window;
         let q = &mut self.expiry[input as usize];
         while let Some(&(held_offset, idx, seq)) = q.front() {
@@ -460,24 +494,27 @@ impl<S: Stage> ShardCore<S> {
             };
             entry.held -= 1;
             self.held_total -= 1;
-            o.held_delta -= 1;
+            let oc = sink(o, later, h.part, RECORD);
+            oc.held_delta -= 1;
             let detail = format!(
                 "sequence gap: expected {}, got {}; the gap was not filled within {} records of its partition",
-                entry.next_seq, h.seq, window
+                Position((entry.next_seq, entry.next_sub)),
+                Position((h.seq, h.part.sub)),
+                window
             );
             let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
             dead_letter(
                 &mut self.dead,
                 &self.inputs,
                 DeadReason::GapNotFilled,
-                &detail,
+                &part_detail(&detail, h.part),
                 h.input,
                 h.offset,
                 entry.key.as_bytes(),
                 Some(h.seq),
                 raw,
                 emit,
-                o,
+                oc,
             );
         }
     }
@@ -603,6 +640,51 @@ fn prefetch<T>(p: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Where the outcome of an event is counted: its record's (`o`), unless it is a later part
+/// of a split record in a keyed pipeline (`later`); projection deliveries are counted by
+/// the router whatever their part.
+#[inline]
+fn sink<'o>(
+    o: &'o mut Outcomes,
+    later: &'o mut Outcomes,
+    part: Part,
+    target: u32,
+) -> &'o mut Outcomes {
+    if part.counted() || target != RECORD {
+        o
+    } else {
+        later
+    }
+}
+
+/// `detail`, saying which part the event is when it is one of a split record's (its dead
+/// letter carries the whole stored record).
+fn part_detail(detail: &str, part: Part) -> std::borrow::Cow<'_, str> {
+    if part.is_split() {
+        format!(
+            "{detail} (part {} of {} of a record split by [upcast])",
+            u32::from(part.index) + 1,
+            part.count
+        )
+        .into()
+    } else {
+        detail.into()
+    }
+}
+
+/// A key's position `(seq, sub)` in messages: `7`, or `7 (part 2)` between the parts of a
+/// split record with that number.
+struct Position((u64, u8));
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            (seq, 0) => write!(f, "{seq}"),
+            (seq, sub) => write!(f, "{seq} (part {})", u32::from(sub) + 1),
+        }
+    }
 }
 
 /// Removes and returns the first held record of entry `idx` that matches.

@@ -104,6 +104,13 @@ pub struct Outcomes {
     pub held_delta: i64,
     /// Projection updates that failed (dead-lettered; the record itself was processed).
     pub delivery_errors: u64,
+    /// Records that `[upcast]` split into parts (each record still has one outcome).
+    pub split: u64,
+    /// The parts those records became.
+    pub split_parts: u64,
+    /// Parts after the first of split records that were dead-lettered (their record's
+    /// outcome is its first part's).
+    pub part_errors: u64,
 }
 
 impl Outcomes {
@@ -126,6 +133,12 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Projection updates that failed and were dead-lettered.
     pub delivery_errors: AtomicU64,
+    /// Records split by upcasting.
+    pub split: AtomicU64,
+    /// The parts they became.
+    pub split_parts: AtomicU64,
+    /// Later parts of split records that were dead-lettered.
+    pub part_errors: AtomicU64,
     /// Records dropped as duplicates.
     pub duplicates: AtomicU64,
     /// Records dead-lettered, by reason.
@@ -165,6 +178,9 @@ impl Default for Stats {
             processed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             delivery_errors: AtomicU64::new(0),
+            split: AtomicU64::new(0),
+            split_parts: AtomicU64::new(0),
+            part_errors: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             dead: Default::default(),
             held: AtomicI64::new(0),
@@ -200,6 +216,16 @@ impl Stats {
         if o.delivery_errors > 0 {
             self.delivery_errors.fetch_add(o.delivery_errors, Relaxed);
             metrics::counter!("onceflow_projection_errors_total").increment(o.delivery_errors);
+        }
+        if o.split > 0 {
+            self.split.fetch_add(o.split, Relaxed);
+            self.split_parts.fetch_add(o.split_parts, Relaxed);
+            metrics::counter!("onceflow_records_split_total").increment(o.split);
+            metrics::counter!("onceflow_split_parts_total").increment(o.split_parts);
+        }
+        if o.part_errors > 0 {
+            self.part_errors.fetch_add(o.part_errors, Relaxed);
+            metrics::counter!("onceflow_split_part_errors_total").increment(o.part_errors);
         }
         if o.duplicates > 0 {
             self.duplicates.fetch_add(o.duplicates, Relaxed);
@@ -254,6 +280,9 @@ impl Stats {
             processed: self.processed.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             delivery_errors: self.delivery_errors.load(Relaxed),
+            split: self.split.load(Relaxed),
+            split_parts: self.split_parts.load(Relaxed),
+            part_errors: self.part_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             dead,
             held: self.held.load(Relaxed).max(0) as u64,
@@ -285,6 +314,12 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     /// See [`Stats::delivery_errors`].
     pub delivery_errors: u64,
+    /// See [`Stats::split`].
+    pub split: u64,
+    /// See [`Stats::split_parts`].
+    pub split_parts: u64,
+    /// See [`Stats::part_errors`].
+    pub part_errors: u64,
     /// See [`Stats::duplicates`].
     pub duplicates: u64,
     /// See [`Stats::dead`].

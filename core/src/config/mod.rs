@@ -20,7 +20,7 @@ pub use projection::{
     Handler, MAX_PROJECTIONS, ProjectionConfig, ProjectionsConfig, RowField,
     slots as projection_slots,
 };
-pub use upcast::{MAX_UPCAST_STEPS, UpcastConfig, UpcastRule};
+pub use upcast::{MAX_UPCAST_PARTS, MAX_UPCAST_STEPS, SplitPart, UpcastConfig, UpcastRule};
 pub use walk::parse_duration;
 use walk::{Cx, Table};
 
@@ -477,7 +477,8 @@ impl Pipeline {
 
         // [upcast]
         let mut up_table = root.table(&mut cx, "upcast");
-        let upcast = upcast::parse(&mut cx, &mut up_table);
+        let sequenced_key = key_field.as_ref().zip(sequence.as_ref());
+        let upcast = upcast::parse(&mut cx, &mut up_table, sequenced_key);
         up_table.finish(&mut cx);
 
         // [aggregate] (read first: it decides what [view] must hold)

@@ -138,3 +138,106 @@ fn reserved_and_duplicate_names() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn upcast_split_parts_are_read_and_every_error_has_its_path() {
+    let good = format!(
+        r#"{GOOD}
+[upcast]
+[[upcast.rules]]
+type = "TransferMade"
+from = 1
+compute = {{ amount = "event.cents" }}
+split = [
+  {{ set = {{ type = "'debit'" }} }},
+  {{ set = {{ type = "'credit'", account = "event.to", seq = "event.to_seq" }}, remove = ["to"] }},
+]
+"#
+    );
+    let p = Pipeline::parse(&good, Path::new(".")).unwrap();
+    let u = p.upcast.as_ref().unwrap();
+    assert!(u.splits());
+    let rule = &u.rules[0];
+    assert_eq!(rule.split.len(), 2);
+    assert_eq!(rule.split[1].set.len(), 3);
+    assert_eq!(rule.split[1].remove, [FieldPath::parse("to").unwrap()]);
+    let fields: Vec<String> = p
+        .referenced_fields()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(fields.contains(&"to".to_string()), "{fields:?}");
+
+    let bad = format!(
+        r#"{GOOD}
+[upcast]
+[[upcast.rules]]
+from = 1
+split = [{{ set = {{ type = "'a'" }} }}]
+
+[[upcast.rules]]
+from = 2
+split = [
+  {{ set = {{ amount = "event.cents + (1 - 'x')" }} }},
+  {{ set = {{ schema_version = "3" }}, remove = ["a..b", 7] }},
+  {{ sett = {{ a = "1" }} }},
+]
+
+[[upcast.rules]]
+from = 3
+split = "both"
+
+[[upcast.rules]]
+from = 4
+split = [{{ set = {{ a = "1" }}, remove = ["a"] }}, {{ set = {{ account = "event.to" }} }}]
+"#
+    );
+    let errs = Pipeline::parse(&bad, Path::new(".")).unwrap_err();
+    let joined = errs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let base = GOOD.lines().count();
+    for needle in [
+        format!(
+            "upcast.rules[0].split (line {}): needs at least two parts, got 1",
+            base + 5
+        ),
+        format!(
+            "upcast.rules[1].split[0].set.amount (line {}): column 18: '-' cannot apply to int and string",
+            base + 10
+        ),
+        format!(
+            "upcast.rules[1].split[1].set.schema_version (line {}): sets the version field: every part goes on at version 3",
+            base + 11
+        ),
+        format!(
+            "upcast.rules[1].split[1].remove[0] (line {}): invalid field path \"a..b\"",
+            base + 11
+        ),
+        format!(
+            "upcast.rules[1].split[1].remove[1] (line {}): expected a field path (a string)",
+            base + 11
+        ),
+        format!(
+            "upcast.rules[1].split[2].sett (line {}): unknown key; did you mean \"set\"?",
+            base + 12
+        ),
+        format!(
+            "upcast.rules[2].split (line {}): expected an array of tables",
+            base + 17
+        ),
+        format!(
+            "upcast.rules[3].split[0].remove (line {}): removes \"a\", a field this part also sets",
+            base + 21
+        ),
+        format!(
+            "upcast.rules[3].split[1].set.account (line {}): sets the key field \"account\" but not the sequence field \"seq\"",
+            base + 21
+        ),
+    ] {
+        assert!(joined.contains(&needle), "missing {needle:?} in:\n{joined}");
+    }
+    assert_eq!(errs.len(), 9, "{joined}");
+}

@@ -57,6 +57,7 @@ impl Harness {
         self.o.processed += o.processed;
         self.o.duplicates += o.duplicates;
         self.o.held_delta += o.held_delta;
+        self.o.part_errors += o.part_errors;
         for i in 0..crate::stats::DEAD_REASONS {
             self.o.dead[i] += o.dead[i];
         }
@@ -286,4 +287,190 @@ fn per_epoch_upserts_rendered_ahead_are_superseded_by_later_changes() {
     );
     let (outs, _) = h.epoch();
     assert!(outs.is_empty());
+}
+
+/// `[upcast]` for the split tests: a v1 `double` record is two events of its own key and
+/// number (n, then 2n); a v1 `move` record takes n from its key and gives it to `to`, at
+/// that key's number `to_seq`.
+const SPLITS: &str = r#"
+[upcast]
+[[upcast.rules]]
+type = "double"
+from = 1
+split = [{ set = { type = "'one'" } }, { set = { type = "'two'", n = "event.n * 2" } }]
+
+[[upcast.rules]]
+type = "move"
+from = 1
+split = [
+  { set = { n = "-event.n" } },
+  { set = { k = "event.to", seq = "event.to_seq" } },
+]
+"#;
+
+#[test]
+fn parts_of_one_key_and_number_apply_in_turn_and_duplicate_together() {
+    let mut h = harness(SPLITS);
+    h.feed(&[
+        r#"{"k":"a","seq":1,"n":1}"#,
+        r#"{"k":"a","seq":2,"type":"double","n":10}"#,
+        r#"{"k":"a","seq":2,"type":"double","n":10}"#, // redelivered: both parts duplicates
+        r#"{"k":"a","seq":3,"n":100}"#,
+    ]);
+    let (outs, dead) = h.epoch();
+    assert_eq!(
+        outs,
+        [
+            r#"{"key":"a","version":1,"sum":1}"#,
+            r#"{"key":"a","version":2,"sum":11}"#,
+            r#"{"key":"a","version":2,"sum":31}"#,
+            r#"{"key":"a","version":3,"sum":131}"#
+        ]
+    );
+    assert!(dead.is_empty(), "{dead:?}");
+    // Four records: three processed (the split one once), one duplicate.
+    assert_eq!((h.o.read, h.o.processed, h.o.duplicates), (4, 3, 1));
+    assert_eq!((h.o.split, h.o.split_parts), (2, 4));
+    assert!(h.balanced());
+}
+
+#[test]
+fn held_parts_wait_and_are_released_in_order() {
+    let mut h = harness(SPLITS);
+    h.feed(&[
+        r#"{"k":"a","seq":2,"type":"double","n":10}"#, // early: both parts held
+        r#"{"k":"a","seq":2,"type":"double","n":10}"#, // a duplicate of held parts
+    ]);
+    assert_eq!(h.shard.held(), 2);
+    assert_eq!(
+        (h.o.held_delta, h.o.duplicates),
+        (1, 1),
+        "counted as records"
+    );
+    h.feed(&[r#"{"k":"a","seq":1,"n":1}"#]);
+    assert_eq!(h.shard.held(), 0);
+    let (outs, dead) = h.epoch();
+    assert_eq!(
+        outs,
+        [
+            r#"{"key":"a","version":1,"sum":1}"#,
+            r#"{"key":"a","version":2,"sum":11}"#,
+            r#"{"key":"a","version":2,"sum":31}"#
+        ]
+    );
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!((h.o.processed, h.o.held_delta), (2, 0));
+    assert!(h.balanced());
+}
+
+#[test]
+fn a_part_for_another_key_carries_that_keys_number() {
+    let mut h = harness(SPLITS);
+    h.feed(&[
+        r#"{"k":"a","seq":1,"n":50}"#,
+        r#"{"k":"b","seq":1,"n":5}"#,
+        r#"{"k":"a","seq":2,"type":"move","n":20,"to":"b","to_seq":2}"#,
+        r#"{"k":"b","seq":3,"n":1}"#,
+        // Its part for "b" is a duplicate by b's numbers: b is at 3 already.
+        r#"{"k":"a","seq":3,"type":"move","n":7,"to":"b","to_seq":3}"#,
+    ]);
+    let (outs, dead) = h.epoch();
+    assert_eq!(
+        outs,
+        [
+            r#"{"key":"a","version":1,"sum":50}"#,
+            r#"{"key":"b","version":1,"sum":5}"#,
+            r#"{"key":"a","version":2,"sum":30}"#,
+            r#"{"key":"b","version":2,"sum":25}"#,
+            r#"{"key":"b","version":3,"sum":26}"#,
+            r#"{"key":"a","version":3,"sum":23}"#
+        ]
+    );
+    assert!(dead.is_empty(), "{dead:?}");
+    // The last record's outcome is its part 0's (processed); its part 1's is not counted.
+    assert_eq!((h.o.read, h.o.processed, h.o.duplicates), (5, 5, 0));
+    assert!(h.balanced());
+}
+
+#[test]
+fn a_later_part_that_fails_is_a_part_error_not_a_second_outcome() {
+    // Part 1 keeps the record's string `n`, on another key: the fold refuses it.
+    let mut h = harness(
+        r#"
+[upcast]
+[[upcast.rules]]
+from = 1
+split = [{ set = { n = "1" } }, { set = { k = "event.k + '2'", seq = "event.seq" } }]
+"#,
+    );
+    h.feed(&[r#"{"k":"a","seq":1,"n":"lots"}"#]);
+    let (outs, dead) = h.epoch();
+    assert_eq!(outs, [r#"{"key":"a","version":1,"sum":1}"#]);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "logic_error");
+    assert_eq!(dead[0]["key"], "a2");
+    assert_eq!(dead[0]["payload"], r#"{"k":"a","seq":1,"n":"lots"}"#);
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.ends_with("(part 2 of 2 of a record split by [upcast])"),
+        "{detail}"
+    );
+    assert_eq!(
+        (h.o.processed, h.o.dead_total(), h.o.part_errors),
+        (1, 0, 1)
+    );
+    assert!(h.balanced());
+}
+
+#[test]
+fn a_part_that_cannot_be_upcast_or_routed_dead_letters_the_whole_record() {
+    let mut h = harness(
+        r#"
+[upcast]
+[[upcast.rules]]
+type = "nokey"
+from = 1
+split = [{ set = { n = "1" } }, { remove = ["k"] }]
+
+[[upcast.rules]]
+type = "badseq"
+from = 1
+split = [{ set = { n = "1" } }, { set = { seq = "-1" } }]
+
+[[upcast.rules]]
+type = "fails"
+from = 1
+split = [{ set = { n = "1" } }, { set = { n = "event.n / 0" } }]
+"#,
+    );
+    h.feed(&[
+        r#"{"k":"a","seq":1,"type":"nokey","n":5}"#,
+        r#"{"k":"a","seq":1,"type":"badseq","n":5}"#,
+        r#"{"k":"a","seq":1,"type":"fails","n":5}"#,
+    ]);
+    let (outs, dead) = h.epoch();
+    assert!(outs.is_empty(), "{outs:?}");
+    let details: Vec<&str> = dead
+        .iter()
+        .map(|d| {
+            assert_eq!(d["reason"], "upcast_failed");
+            d["detail"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        details[0],
+        "part 2 of 2 after upcasting: the key field 'k' is missing"
+    );
+    assert_eq!(
+        details[1],
+        "part 2 of 2 after upcasting: the sequence field 'seq' must be a non-negative integer, got -1"
+    );
+    assert!(
+        details[2].starts_with("upcasting from version 1: `event.n / 0`")
+            && details[2].ends_with("(part 2 of 2)"),
+        "{}",
+        details[2]
+    );
+    assert_eq!((h.o.dead_total(), h.o.split), (3, 0));
+    assert!(h.balanced());
 }

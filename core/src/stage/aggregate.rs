@@ -519,10 +519,15 @@ impl Stage for Aggregate {
             });
         }
         let command_id = id_text(&ev, self.id_slot).unwrap_or_else(|| {
-            Cow::Owned(format!(
-                "{}-{}-{}",
-                emit.source, emit.partition, emit.offset
-            ))
+            // The parts of a split record share its coordinates: the part tells them apart.
+            Cow::Owned(if emit.part.is_split() {
+                format!(
+                    "{}-{}-{}.{}",
+                    emit.source, emit.partition, emit.offset, emit.part.index
+                )
+            } else {
+                format!("{}-{}-{}", emit.source, emit.partition, emit.offset)
+            })
         });
         let correlation_id =
             id_text(&ev, self.correlation_slot).unwrap_or_else(|| command_id.clone());

@@ -81,7 +81,11 @@ pub struct Emit<'a> {
     /// In a projection pipeline, the projection this delivery is for
     /// ([`crate::batch::RECORD`] otherwise).
     pub target: u32,
-    /// The record as it was read (for stages that decode it themselves).
+    /// Which part of the record this is, when an `[upcast]` rule split it
+    /// ([`crate::batch::Part::WHOLE`] otherwise): with the offset, a stable identity.
+    pub part: crate::batch::Part,
+    /// The record as it was read (for stages that decode it themselves). For a part of a
+    /// split record, still the whole stored record: upcasting is in the decoded values.
     pub raw: &'a [u8],
     /// One buffer per [`Stage::outputs`] entry, in that order.
     pub(crate) outs: &'a mut [OutBuf],
@@ -114,6 +118,7 @@ impl<'a> Emit<'a> {
             partition,
             offset,
             target: crate::batch::RECORD,
+            part: crate::batch::Part::WHOLE,
             raw: &[],
             outs,
             partitions,
