@@ -9,6 +9,7 @@ use clap::Subcommand;
 use onceflow_connectors::files::{AppendOptions, append_lines};
 use onceflow_core::config::FieldPath;
 use onceflow_core::log::{FsyncPolicy, LogOptions, LogReader, RecordBuf};
+use onceflow_core::query::JsonFilter;
 
 use crate::thousands;
 
@@ -59,6 +60,10 @@ pub enum LogCmd {
         /// Print only the latest value per key, as one JSON object sorted by key (a read model)
         #[arg(long)]
         compact: bool,
+        /// Only records (with --compact: rows) for which this CEL expression is true; `row`
+        /// is the record's JSON value, e.g. "row.type == 'withdrawal' && row.amount >= 500"
+        #[arg(long = "where", value_name = "CEL")]
+        filter: Option<String>,
     },
     /// List topics, partitions and committed ends
     Info {
@@ -155,7 +160,24 @@ fn run(cmd: LogCmd) -> Res {
             limit,
             meta,
             compact,
+            filter,
         } => {
+            let filter = match filter.as_deref().map(JsonFilter::compile).transpose() {
+                Ok(f) => f,
+                Err(e) => return Err(format!("--where: {e}").into()),
+            };
+            // A row that fails the filter's expression is an error naming its key.
+            let passes = |key: &[u8], value: &[u8]| -> Result<bool, String> {
+                match &filter {
+                    None => Ok(true),
+                    Some(f) => f.matches(value).map_err(|e| {
+                        format!(
+                            "--where on the record with key '{}': {e}",
+                            String::from_utf8_lossy(key)
+                        )
+                    }),
+                }
+            };
             let reader = LogReader::open(&dir, &topic)?;
             let parts: Vec<u32> = match partition {
                 Some(p) if p >= reader.partitions() => {
@@ -186,13 +208,19 @@ fn run(cmd: LogCmd) -> Res {
                         break;
                     }
                     for r in buf.iter() {
+                        if compact {
+                            // Filtered below, on the latest value of each key.
+                            latest.insert(r.key.to_vec(), r.value.to_vec());
+                            continue;
+                        }
+                        if !passes(r.key, r.value)? {
+                            continue;
+                        }
                         if limit.is_some_and(|l| printed >= l) {
                             break 'parts;
                         }
                         printed += 1;
-                        if compact {
-                            latest.insert(r.key.to_vec(), r.value.to_vec());
-                        } else if meta {
+                        if meta {
                             let value: serde_json::Value = serde_json::from_slice(r.value)
                                 .unwrap_or_else(|_| {
                                     serde_json::Value::String(
@@ -218,6 +246,13 @@ fn run(cmd: LogCmd) -> Res {
                         // A tombstone: the key was deleted (e.g. by a projection's `delete`).
                         continue;
                     }
+                    if !passes(&k, &v)? {
+                        continue;
+                    }
+                    if limit.is_some_and(|l| printed >= l) {
+                        break;
+                    }
+                    printed += 1;
                     let value: serde_json::Value =
                         serde_json::from_slice(&v).unwrap_or_else(|_| {
                             serde_json::Value::String(String::from_utf8_lossy(&v).into_owned())

@@ -216,3 +216,64 @@ fn read_side_fields_the_aggregates_events_lack_are_config_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn the_transaction_history_is_filtered_by_type_amount_and_date_from_the_command_line() {
+    let dir = setup();
+    run_until_end(&dir.path().join("pipeline.toml"));
+    let state = dir.path().join("data/state/projections");
+    let read = |filter: &str| -> serde_json::Value {
+        let out = run_ok(bin().args(["log", "read"]).arg(&state).args([
+            "--topic",
+            "transactions",
+            "--compact",
+            "--where",
+            filter,
+        ]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = expected("expected_transactions.json");
+    let want = |keep: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        serde_json::Value::Object(
+            all.as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, r)| keep(r))
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
+        )
+    };
+    let by_type_and_amount =
+        read("row.type == 'withdrawal' && row.amount >= 100 && row.amount <= 3000");
+    assert_eq!(
+        by_type_and_amount,
+        want(
+            &|r| r["type"] == "withdrawal" && (100..=3000).contains(&r["amount"].as_i64().unwrap())
+        )
+    );
+    assert!(!by_type_and_amount.as_object().unwrap().is_empty());
+    // Timestamps are RFC 3339 text in the rows: compared as timestamps, or as text.
+    let by_date = read(
+        "timestamp(row.at) >= timestamp('2026-01-01T00:10:00Z') && row.at < '2026-01-01T00:20'",
+    );
+    assert_eq!(
+        by_date,
+        want(&|r| {
+            let at = r["at"].as_str().unwrap();
+            at >= "2026-01-01T00:10:00Z" && at < "2026-01-01T00:20"
+        })
+    );
+    // Mistakes are reported, not silently matched as false.
+    let out = bin()
+        .args(["log", "read"])
+        .arg(&state)
+        .args(["--topic", "transactions", "--where", "row.amont > 0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such key 'amont'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

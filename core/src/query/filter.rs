@@ -119,6 +119,29 @@ impl Filter {
     }
 }
 
+/// A filter over JSON values, for tools that read topics (`onceflow log read --where`):
+/// `row` is the record's value as a map, checked as the filter runs.
+#[derive(Debug, Clone)]
+pub struct JsonFilter(Arc<Filter>);
+
+impl JsonFilter {
+    /// Compiles `src`; the error lists every problem found, with columns.
+    pub fn compile(src: &str) -> Result<Self, String> {
+        let table = TableSpec {
+            name: String::new(),
+            prefix: Vec::new(),
+            fields: None,
+        };
+        Filter::compile(src, &table).map(JsonFilter)
+    }
+
+    /// Whether the JSON value `json` passes; `Err` if it is not JSON or the expression
+    /// fails on it (a missing field: guard it with `has(row.x)`).
+    pub fn matches(&self, json: &[u8]) -> Result<bool, String> {
+        self.0.matches_json(json)
+    }
+}
+
 fn article(ty: Type) -> &'static str {
     if matches!(ty, Type::Int) { "an" } else { "a" }
 }

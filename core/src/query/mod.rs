@@ -67,6 +67,7 @@ use crate::engine::CommitHook;
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::stage::TableSpec;
 use filter::Filter;
+pub use filter::JsonFilter;
 use request::{Found, Job, Request};
 
 /// Keys a shard looks at per scan page, at most: bounds how long a scan holds a shard.
