@@ -18,6 +18,7 @@ pub mod hash;
 pub mod log;
 pub mod router;
 pub mod shard;
+pub mod snapshot;
 pub mod stage;
 pub mod stats;
 pub mod upcast;
