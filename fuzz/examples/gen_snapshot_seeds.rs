@@ -33,7 +33,8 @@ fn snapshot(tmp: &std::path::Path, epoch: u64, keys: u64, extra: bool) -> (Vec<u
             partition: 0,
             offset: 17,
             data: br#"{"account":"ACC-0000001","seq":4}"#,
-        });
+        })
+        .unwrap();
     }
     let info = w.finish().unwrap();
     let dir = set.dir().to_path_buf();

@@ -58,7 +58,7 @@ fn write_one(
         w.push(k, *s, st).unwrap();
     }
     for x in extras {
-        w.push_extra(*x);
+        w.push_extra(*x).unwrap();
     }
     let info = w.finish().unwrap();
     let dir = set.dir().to_path_buf();
@@ -534,6 +534,58 @@ fn complete_snapshot_is_not_overwritten_and_incomplete_one_is_cleared() {
     let e = set.commit(vec![], &fp(), vec![]).unwrap_err();
     assert!(matches!(e, SnapshotError::InvalidArgument(_)), "{e}");
     assert!(SnapshotWriter::create(root.path(), 5, 0, NO_FSYNC).is_err());
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send::<ShardWriter>();
+    check::<ShardSnapshot>();
+    check::<Snapshot>();
+    check::<SnapshotError>();
+}
+
+#[test]
+fn size_limit_is_enforced_before_the_format_overflows() {
+    // The real limit is 2 GiB (32-bit relative pointers); the same checks with 64 KiB.
+    let root = tempfile::tempdir().unwrap();
+    let set = SnapshotWriter::create(root.path(), 1, 2, NO_FSYNC).unwrap();
+    let limit = (1 << 16) + 4096;
+    let mut w = set.shard(0).unwrap();
+    w.max_body_bytes = limit;
+    let mut pushed = 0u64;
+    let e = loop {
+        match w.push(&key(pushed), pushed, &state(pushed, 40)) {
+            Ok(()) => pushed += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(e, SnapshotError::TooLarge { .. }), "{e}");
+    assert!(pushed > 10, "{pushed}");
+    // What was accepted still makes a valid file within the limit.
+    let info = w.finish().unwrap();
+    assert!(info.bytes - HEADER_LEN as u64 <= limit, "{info:?}");
+    let s = ShardSnapshot::open(&set.dir().join(&info.file)).unwrap();
+    assert_eq!(s.len(), pushed);
+
+    let mut w = set.shard(1).unwrap();
+    w.max_body_bytes = limit;
+    let data = vec![7u8; 3000];
+    let mut extras = 0;
+    let e = loop {
+        match w.push_extra(Extra {
+            data: &data,
+            ..held()
+        }) {
+            Ok(()) => extras += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(e.to_string().contains("shard-00001.snap"), "{e}");
+    let info = w.finish().unwrap();
+    assert!(info.bytes - HEADER_LEN as u64 <= limit, "{info:?}");
+    assert_eq!(info.extras, extras);
 }
 
 // -------------------------------------------------------------------------------------

@@ -226,6 +226,10 @@ pub struct ShardWriter {
     chunk: Vec<WrittenEntry>,
     chunks: Vec<WrittenChunk>,
     extras: Vec<ExtraModel>,
+    /// What the extras will take in the body (bytes and archived records).
+    extra_bytes: u64,
+    /// Largest body allowed: [`MAX_BODY_BYTES`] (lowered by tests).
+    pub(super) max_body_bytes: u64,
     fsync: bool,
     finished: bool,
 }
@@ -244,6 +248,9 @@ impl std::fmt::Debug for ShardWriter {
 /// (index slots) and in total (chunk table, root), when checking the size limit.
 const FINISH_BYTES_PER_KEY: u64 = 24;
 const FINISH_BYTES_FIXED: u64 = 1 << 16;
+/// Bytes reserved per extra record besides its strings and bytes (its archived record
+/// and alignment).
+const EXTRA_OVERHEAD_BYTES: u64 = 96;
 
 impl ShardWriter {
     fn create(
@@ -291,6 +298,8 @@ impl ShardWriter {
             chunk: Vec::with_capacity(1 << CHUNK_SHIFT),
             chunks: Vec::new(),
             extras: Vec::new(),
+            extra_bytes: 0,
+            max_body_bytes: MAX_BODY_BYTES,
             fsync: options.fsync,
             finished: false,
         })
@@ -321,15 +330,10 @@ impl ShardWriter {
         if keys > MAX_KEYS {
             return Err(self.too_large(format!("more than {MAX_KEYS} keys")));
         }
-        let need = self.sink.pos as u64
-            + key.len() as u64
-            + state.len() as u64
-            + 32
-            + keys * FINISH_BYTES_PER_KEY
-            + FINISH_BYTES_FIXED;
-        if need > MAX_BODY_BYTES {
+        if self.body_bound(keys, key.len() as u64 + state.len() as u64 + 32) > self.max_body_bytes {
             return Err(self.too_large(format!(
-                "body would exceed {MAX_BODY_BYTES} bytes at key {keys}"
+                "body would exceed {} bytes at key {keys}",
+                self.max_body_bytes
             )));
         }
         let key_pos = self.sink.pos as u32;
@@ -361,10 +365,31 @@ impl ShardWriter {
         Ok(())
     }
 
+    /// An upper bound of the body's final size if `more` bytes are written now and the
+    /// file ends up with `keys` keys: what is written, plus what `finish` will add.
+    /// Keeping it within [`MAX_BODY_BYTES`] keeps every rkyv relative pointer in range.
+    fn body_bound(&self, keys: u64, more: u64) -> u64 {
+        self.sink.pos as u64
+            + more
+            + self.extra_bytes
+            + keys * FINISH_BYTES_PER_KEY
+            + FINISH_BYTES_FIXED
+    }
+
     /// Adds an extra record (kept in memory until [`finish`](Self::finish): meant for
     /// the few records a shard holds besides its keys' state, such as out-of-order
     /// records waiting for a gap).
-    pub fn push_extra(&mut self, extra: Extra<'_>) {
+    pub fn push_extra(&mut self, extra: Extra<'_>) -> Result<(), SnapshotError> {
+        let size = EXTRA_OVERHEAD_BYTES
+            + (extra.kind.len() + extra.key.len() + extra.source.len() + extra.data.len()) as u64;
+        if self.body_bound(self.hashes.len() as u64, size) > self.max_body_bytes {
+            return Err(self.too_large(format!(
+                "body would exceed {} bytes at extra record {}",
+                self.max_body_bytes,
+                self.extras.len() + 1
+            )));
+        }
+        self.extra_bytes += size;
         self.extras.push(ExtraModel {
             kind: extra.kind.to_string(),
             key: extra.key.to_vec(),
@@ -374,6 +399,7 @@ impl ShardWriter {
             offset: extra.offset,
             data: extra.data.to_vec(),
         });
+        Ok(())
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
@@ -442,9 +468,10 @@ impl ShardWriter {
             body_len,
             "the root must end the body"
         );
-        if body_len > MAX_BODY_BYTES {
-            return Err(self.too_large(format!("body of {body_len} bytes")));
-        }
+        assert!(
+            body_len <= self.max_body_bytes,
+            "body of {body_len} bytes: body_bound is not an upper bound"
+        );
         let file = self
             .sink
             .out
