@@ -34,7 +34,7 @@
 //!  64     B  body
 //! ```
 //!
-//! The body is the archive of [`BodyModel`], written in the order rkyv's validator
+//! The body is the archive of `BodyModel`, written in the order rkyv's validator
 //! expects (every object's children before the object, in field order):
 //!
 //! ```text

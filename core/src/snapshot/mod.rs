@@ -9,10 +9,10 @@
 //! * Write: [`SnapshotWriter::create`] → one [`ShardWriter`] per shard ([`push`],
 //!   [`finish`]) → [`SnapshotWriter::commit`], which writes the [`Manifest`] last: a
 //!   snapshot without a manifest is incomplete and never used.
-//! * Restore: [`select`] picks the newest complete, valid snapshot of a committed
+//! * Restore: [`select()`] picks the newest complete, valid snapshot of a committed
 //!   epoch, reporting those it skipped and why; [`ShardSnapshot::get`] reads an entry
 //!   straight from the mapped file.
-//! * Retention: [`retain`] keeps the newest N.
+//! * Retention: [`retain()`] keeps the newest N.
 //!
 //! Every failure is a [`SnapshotError`] naming the file; no bytes make the reader
 //! panic (fuzzed by `fuzz/fuzz_targets/snapshot_open.rs`).
