@@ -19,6 +19,7 @@ pub mod log;
 pub mod query;
 pub mod router;
 pub mod shard;
+pub mod snapshot;
 pub mod stage;
 pub mod stats;
 pub mod upcast;

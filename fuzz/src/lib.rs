@@ -9,6 +9,9 @@
 //! * [`decode`]: bytes → `Extractor::extract`, checked against `serde_json::Value`.
 //! * [`config`]: UTF-8 text → `Pipeline::parse`.
 //! * [`expr`]: UTF-8 text → `expr::compile` → `Program::eval`.
+//! * [`snapshot_open`]: bytes → a snapshot manifest and shard file →
+//!   `ShardSnapshot` (from bytes and memory-mapped) / `Manifest` / `Snapshot::open` /
+//!   `select` / `retain`.
 //!
 //! Every binary linking this crate gets [`alloc_limit`] as its global allocator.
 
@@ -16,6 +19,7 @@ pub mod config;
 pub mod decode;
 pub mod expr;
 pub mod log_open;
+pub mod snapshot_open;
 
 pub mod alloc_limit {
     //! "Must not allocate absurdly": a global allocator that aborts (which libFuzzer

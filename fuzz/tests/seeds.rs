@@ -46,6 +46,35 @@ fn expr_seeds() {
 }
 
 #[test]
+fn snapshot_open_seeds() {
+    replay("snapshot_open", onceflow_fuzz::snapshot_open::run);
+}
+
+#[test]
+fn snapshot_open_seeds_get_deep() {
+    use onceflow_fuzz::snapshot_open::run_outcome;
+    let seed = |name: &str| {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds/snapshot_open")
+            .join(name);
+        let o = run_outcome(&fs::read(p).unwrap());
+        eprintln!("{name}: {o:?}");
+        o
+    };
+    for name in [
+        "five-keys",
+        "five-keys-gen-manifest",
+        "sealed-json-manifest",
+        "empty-shard",
+    ] {
+        let o = seed(name);
+        assert!(o.snapshot_opened && o.selected, "{name}: {o:?}");
+    }
+    let o = seed("truncated-fixed-length");
+    assert!(o.manifest_decoded && !o.shard_opened, "{o:?}");
+}
+
+#[test]
 fn log_open_seeds_get_deep() {
     use onceflow_fuzz::log_open::{Outcome, run_outcome};
     let seed = |name: &str| {
