@@ -18,6 +18,10 @@
 //!    `--seconds` while the pipeline tails the log; HdrHistogram of append → commit.
 
 use std::collections::HashMap;
+
+// The same allocator as the `onceflow` binary (for the pipeline and the baseline alike).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;

@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The engine allocates and frees small buffers on every thread (row values, rendered
+// upserts); mimalloc's per-thread heaps cost less CPU here than glibc's allocator
+// (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "onceflow", version, about = "Exactly-once, in-memory event stream processing", long_about = None)]
 struct Cli {
