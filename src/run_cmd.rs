@@ -155,6 +155,21 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
     let st = &s.stats;
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!("onceflow: pipeline '{}' stopped after {:.2}s", p.name, secs);
+    if let Some(epoch) = s.restored.epoch {
+        println!(
+            "  snapshot  restored epoch {epoch}: {} keys{} in {}",
+            thousands(s.restored.keys),
+            if s.restored.held > 0 {
+                format!(" and {} held records", thousands(s.restored.held))
+            } else {
+                String::new()
+            },
+            micros(s.restored.took.as_micros() as u64)
+        );
+    }
+    for skipped in &s.restored.skipped {
+        println!("  snapshot  not used: {skipped}");
+    }
     if st.replayed > 0 {
         println!(
             "  recovery  replayed {} committed records in {:.2}s with outputs suppressed",
@@ -257,6 +272,16 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
         p.dead_letter_topic,
         thousands(s.keys as u64)
     );
+    if s.snapshots_written > 0 {
+        println!(
+            "  snapshot  wrote {} snapshot{} of the state",
+            thousands(s.snapshots_written),
+            plural(s.snapshots_written as usize)
+        );
+    }
+    for e in &s.snapshot_errors {
+        println!("  snapshot  FAILED (the pipeline went on without it): {e}");
+    }
     if st.held > 0 {
         println!(
             "  held      {} records wait for a sequence gap to fill; they are dead-lettered once their partition moves {} records past them",

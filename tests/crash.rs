@@ -72,8 +72,23 @@ fn append(dir: &std::path::Path, lines: &[String]) {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
+    ledger_crashes("");
+}
+
+#[test]
+fn sigkill_with_snapshots_loses_nothing_and_duplicates_nothing() {
+    // Snapshots every other epoch: restarts load the newest one (possibly one a kill left
+    // incomplete, which is skipped) and replay only from its offsets, with held records
+    // put back into the reorder buffers.
+    let summary = ledger_crashes("\n[snapshot]\nevery_epochs = 2\nkeep = 2\n");
+    assert!(summary.contains("snapshot  restored epoch"), "{summary}");
+}
+
+/// Kills the ledger pipeline (with `extra` TOML) at random moments while input arrives,
+/// then checks the committed output against a reference; returns the last summary.
+fn ledger_crashes(extra: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = bank_pipeline(dir.path(), "per_event", "20ms", "");
+    let pipeline = bank_pipeline(dir.path(), "per_event", "20ms", extra);
     let params = BankParams {
         accounts: 500,
         events: 120_000,
@@ -137,8 +152,9 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
         next_chunk += 1;
     }
     let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(&pipeline));
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!summary.contains("UNBALANCED"), "{summary}");
+    assert!(!summary.contains("FAILED"), "{summary}");
 
     let want = reference(&lines);
     let outputs = read_topic(&dir.path().join("state"), "balances");
@@ -196,6 +212,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
         })
         .collect();
     assert_eq!(coords.len(), 3);
+    summary
 }
 
 /// The shipped bank pipeline (aggregate + four projections) without its `load` line, with
@@ -240,6 +257,16 @@ fn rows_once(state: &std::path::Path, topic: &str) -> serde_json::Value {
 
 #[test]
 fn sigkill_of_an_aggregate_with_projections_loses_nothing_and_duplicates_nothing() {
+    bank_crashes("");
+}
+
+#[test]
+fn sigkill_of_an_aggregate_with_projections_and_snapshots_loses_nothing() {
+    let summary = bank_crashes("\n[snapshot]\nevery_epochs = 1\n");
+    assert!(summary.contains("snapshot  restored epoch"), "{summary}");
+}
+
+fn bank_crashes(extra: &str) -> String {
     // Both sides of the bank (write: the aggregate; read: four projections of its
     // committed events) are killed at random moments, each with its own state log; the
     // result must equal one uninterrupted run over the same input.
@@ -286,6 +313,9 @@ fn sigkill_of_an_aggregate_with_projections_loses_nothing_and_duplicates_nothing
 
     let dir = tempfile::tempdir().unwrap();
     let pipeline = bank_aggregate_pipeline(dir.path());
+    let mut text = std::fs::read_to_string(&pipeline).unwrap();
+    text.push_str(extra);
+    std::fs::write(&pipeline, text).unwrap();
     let want_kills: usize = std::env::var("ONCEFLOW_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -315,6 +345,7 @@ fn sigkill_of_an_aggregate_with_projections_loses_nothing_and_duplicates_nothing
     }
     let summary = run_until_end(&pipeline);
     assert!(!summary.contains("UNBALANCED"), "{summary}");
+    assert!(!summary.contains("FAILED"), "{summary}");
 
     let (got, want) = (
         dir.path().join("data/state"),
@@ -346,4 +377,5 @@ fn sigkill_of_an_aggregate_with_projections_loses_nothing_and_duplicates_nothing
             "{topic}"
         );
     }
+    summary
 }

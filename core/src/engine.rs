@@ -1,10 +1,14 @@
 //! Wires the pipeline together: Recovery, then router (this thread) → shard threads →
 //! committer thread, with barrier epochs. See `docs/architecture.md`.
 //!
-//! Recovery rule (no snapshots yet): the committed input offsets C come from the last
-//! commit marker in the state log; every input is replayed from offset 0 to C with
-//! outputs and dead letters suppressed, so state catches up and nothing committed is
-//! emitted twice; then processing continues from C with outputs on.
+//! Recovery rule: the committed input offsets C come from the last commit marker in the
+//! state log. With `[snapshot]`, the newest complete, valid snapshot of a committed epoch
+//! whose pipeline fingerprint matches is loaded into the shards (`snapshots`), and every
+//! input is replayed from the snapshot's offsets to C; without one, from offset 0. The
+//! replay runs with outputs and dead letters suppressed, so state catches up and nothing
+//! committed is emitted twice; then processing continues from C with outputs on.
+
+mod snapshots;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,8 +27,11 @@ use crate::query::ReadHandle;
 use crate::query::request::{Request, ShardQuery, take_requests};
 use crate::router::Router;
 use crate::shard::{InputNames, ShardCore, ShardPart, ShardSettings};
+use crate::snapshot::{ShardFileInfo, SnapshotWriter};
 use crate::stage::{Aggregate, Fold, Projections, Stage};
 use crate::stats::{Outcomes, Stats, StatsSnapshot};
+use snapshots::{Pending, Plan, Trigger};
+pub use snapshots::{Restored, fingerprint};
 
 /// Events per batch sent to a shard.
 pub const BATCH_EVENTS: usize = 256;
@@ -138,11 +145,18 @@ pub struct RunSummary {
     pub new_records: u64,
     /// The read side's summary, when the pipeline has an aggregate and projections.
     pub read_side: Option<Box<RunSummary>>,
+    /// What recovery took from a snapshot (with `[snapshot]`).
+    pub restored: Restored,
+    /// Snapshots this run wrote.
+    pub snapshots_written: u64,
+    /// Why snapshots of this run failed (the pipeline went on without them).
+    pub snapshot_errors: Vec<String>,
 }
 
 enum ShardMsg {
     Batch(EventBatch),
-    Barrier(u64),
+    /// Cut the epoch; with a snapshot writer, then write this shard's snapshot file.
+    Barrier(u64, Option<Arc<SnapshotWriter>>),
     /// A read, answered with the state at the last barrier.
     Query(ShardQuery),
 }
@@ -150,6 +164,10 @@ enum ShardMsg {
 enum CommitMsg {
     Router(RouterPart),
     Shard(usize, ShardPart),
+    /// A snapshot starts at this epoch's barrier (sent before the barrier).
+    SnapshotStarted(Box<Pending>),
+    /// A shard's snapshot file is written, or why not.
+    SnapshotShard(Result<ShardFileInfo, String>),
 }
 
 fn now_us() -> u64 {
@@ -408,6 +426,49 @@ pub fn run_with_stage<S: Stage>(
         shard_rxs.push(rx);
     }
 
+    // Shard state: from the newest usable snapshot, else empty (replay from offset 0).
+    let plan = Plan::new(p);
+    let new_cores = || -> Vec<ShardCore<S>> {
+        (0..n)
+            .map(|_| ShardCore::new(stage.clone(), settings.clone(), names.clone()))
+            .collect()
+    };
+    let mut cores = new_cores();
+    let mut restored = Restored::default();
+    if let Some(plan) = &plan {
+        let committed_epoch = epoch.saturating_sub(1);
+        match snapshots::restore(plan, committed_epoch, &names, &mut cores) {
+            Ok((starts, r)) => {
+                restored = r;
+                for (inp, &start) in inputs.iter_mut().zip(&starts) {
+                    if start > inp.replay_to {
+                        return Err(EngineError::Incompatible(format!(
+                            "the snapshot of epoch {} says source '{}' partition {} was read up to {start}, beyond the committed {}; move {} away",
+                            restored.epoch.unwrap_or(0),
+                            p.sources[inp.source].name,
+                            inp.partition,
+                            inp.replay_to,
+                            p.snapshot
+                                .as_ref()
+                                .map(|s| s.dir.display().to_string())
+                                .unwrap_or_default()
+                        )));
+                    }
+                    inp.cursor = readers[inp.source].cursor(inp.partition, start)?;
+                }
+            }
+            Err((mut r, why)) => {
+                r.skipped
+                    .push(format!("{why}; replaying from the start instead"));
+                r.epoch = None;
+                r.keys = 0;
+                r.held = 0;
+                restored = r;
+                cores = new_cores();
+            }
+        }
+    }
+
     let mut router = Router::new(p, names.clone());
     if let Some(r) = row_router {
         router = router.with_row_router(r);
@@ -420,8 +481,7 @@ pub fn run_with_stage<S: Stage>(
     std::thread::scope(|scope| {
         let mut shard_handles = Vec::with_capacity(n);
         let mut spare_txs = Vec::with_capacity(n);
-        for (i, rx) in shard_rxs.into_iter().enumerate() {
-            let core = ShardCore::new(stage.clone(), settings.clone(), names.clone());
+        for ((i, rx), core) in shard_rxs.into_iter().enumerate().zip(cores) {
             // Output buffers come back from the committer for reuse.
             let (spare_tx, spare_rx) = bounded::<OutBuf>(2);
             spare_txs.push(spare_tx);
@@ -462,6 +522,7 @@ pub fn run_with_stage<S: Stage>(
 
         let routed = route_loop(
             p,
+            plan.as_ref(),
             &mut router,
             &mut readers,
             &mut inputs,
@@ -498,6 +559,14 @@ pub fn run_with_stage<S: Stage>(
             recovery,
             keys,
             read_side: None,
+            restored,
+            snapshots_written: plan
+                .as_ref()
+                .map_or(0, |p| p.written.load(Ordering::Relaxed)),
+            snapshot_errors: plan
+                .as_ref()
+                .map(|p| p.errors.lock().expect("snapshot errors lock").clone())
+                .unwrap_or_default(),
         })
     })
 }
@@ -526,6 +595,7 @@ fn output_topic(
 #[allow(clippy::too_many_arguments)]
 fn route_loop(
     p: &Pipeline,
+    plan: Option<&Arc<Plan>>,
     router: &mut Router,
     readers: &mut [LogReader],
     inputs: &mut [Input],
@@ -542,7 +612,8 @@ fn route_loop(
     let mut waiting: Vec<Request> = Vec::new();
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
-    let mut replaying = inputs.iter().any(|i| i.replay_to > 0);
+    // With a snapshot, inputs start at its offsets: replay from there up to the commit.
+    let mut replaying = inputs.iter().any(|i| i.replay_to > i.cursor.position());
     let mut batches: Vec<EventBatch> = (0..n).map(|_| take_batch(pool, replaying)).collect();
     let mut buf = RecordBuf::new();
     let mut dead = OutBuf::default();
@@ -552,6 +623,7 @@ fn route_loop(
     let mut last_refresh = Instant::now();
     let mut o = Outcomes::default();
     let mut until_end = opts.until_end;
+    let mut trigger = Trigger::new();
 
     // Sends every non-empty batch; false if the shards are gone.
     let flush = |batches: &mut Vec<EventBatch>, replay: bool| -> bool {
@@ -682,14 +754,35 @@ fn route_loop(
                 if !flush(&mut batches, false) {
                     return Ok(recovery);
                 }
+                let positions: Vec<u64> = inputs.iter().map(|i| i.cursor.position()).collect();
+                // A snapshot at this barrier? Its writer goes to the shards with the
+                // barrier; the committer completes it once the epoch is committed.
+                let mut snapshot = None;
+                if let Some(plan) = plan
+                    && trigger.due(plan, epoch_records)
+                    && let Some((w, pending)) =
+                        snapshots::start(plan, *epoch, n, router.inputs(), &positions)
+                {
+                    if commit_tx
+                        .send(CommitMsg::SnapshotStarted(Box::new(pending)))
+                        .is_err()
+                    {
+                        return Ok(recovery);
+                    }
+                    snapshot = Some(w);
+                }
                 for tx in shard_txs {
-                    if tx.send(ShardMsg::Barrier(*epoch)).is_err() {
+                    if tx
+                        .send(ShardMsg::Barrier(*epoch, snapshot.clone()))
+                        .is_err()
+                    {
                         return Ok(recovery);
                     }
                 }
+                drop(snapshot);
                 let part = RouterPart {
                     epoch: *epoch,
-                    positions: inputs.iter().map(|i| i.cursor.position()).collect(),
+                    positions,
                     dead: std::mem::take(&mut dead),
                     stamps: std::mem::take(&mut stamps),
                     barrier_at: Some(now),
@@ -809,10 +902,20 @@ fn shard_loop<S: Stage>(
                 b.clear();
                 let _ = pool_tx.try_send(b);
             }
-            ShardMsg::Barrier(epoch) => {
+            ShardMsg::Barrier(epoch, snapshot) => {
                 let part = core.barrier(epoch, spare.try_recv().ok());
                 if commit_tx.send(CommitMsg::Shard(i, part)).is_err() {
                     break;
+                }
+                if let Some(w) = snapshot {
+                    // The epoch's outputs are on their way to the committer; the state as
+                    // of this barrier goes to the shard's snapshot file before the shard
+                    // takes the next batch (the pause is measured in docs/benchmarks.md).
+                    let result = snapshots::write_shard(&core, &w, i);
+                    drop(w);
+                    if commit_tx.send(CommitMsg::SnapshotShard(result)).is_err() {
+                        break;
+                    }
                 }
             }
             ShardMsg::Query(q) => core.answer(q),
@@ -855,10 +958,18 @@ fn committer_loop(
         }
         v
     };
+    let mut committed_epoch = writer.last_marker().map_or(0, |m| m.epoch);
+    let mut snapshot: Option<Box<Pending>> = None;
     while let Ok(msg) = rx.recv() {
         match msg {
             CommitMsg::Router(part) => asm.router(part),
             CommitMsg::Shard(i, part) => asm.shard(i, part),
+            CommitMsg::SnapshotStarted(p) => snapshot = Some(p),
+            CommitMsg::SnapshotShard(result) => {
+                if let Some(p) = snapshot.as_mut() {
+                    p.shard_done(result);
+                }
+            }
         }
         while let Some(ep) = asm.pop_ready() {
             commit_epoch(
@@ -870,9 +981,17 @@ fn committer_loop(
                 stats,
                 on_commit.as_mut(),
             )?;
+            committed_epoch = committed_epoch.max(ep.router.epoch);
             for (i, part) in ep.shards.into_iter().enumerate() {
                 let _ = spare_txs[i].try_send(part.outputs);
             }
+        }
+        // A snapshot counts once its epoch is committed: then its manifest is written.
+        if snapshot
+            .as_mut()
+            .is_some_and(|p| p.try_finish(committed_epoch))
+        {
+            snapshot = None;
         }
     }
     Ok(())

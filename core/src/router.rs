@@ -204,6 +204,11 @@ impl Router {
         self
     }
 
+    /// The names of the dense input indexes.
+    pub fn inputs(&self) -> &InputNames {
+        &self.inputs
+    }
+
     /// Whether one record may go to several shards (projection deliveries, rows a stage
     /// names itself, or the parts of a record that an `[upcast]` rule split): then every
     /// shard's batch may have grown.

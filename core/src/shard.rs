@@ -792,5 +792,6 @@ pub(crate) fn dead_letter(
 }
 
 mod query;
+mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -148,6 +148,22 @@ pub struct ReorderConfig {
     pub window: u64,
 }
 
+/// When to write snapshots of the shards' state (`[snapshot]`), and how many to keep.
+/// Whichever of the triggers comes first starts one, at an epoch barrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Every this many committed epochs.
+    pub every_epochs: Option<u64>,
+    /// Once this much time has passed since the last one.
+    pub every: Option<Duration>,
+    /// Once this many records were processed since the last one.
+    pub every_records: Option<u64>,
+    /// Complete snapshots kept (older ones are deleted).
+    pub keep: usize,
+    /// Where they go: `<state_dir>/snapshots`.
+    pub dir: PathBuf,
+}
+
 /// One reducer of the view.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReducerOp {
@@ -228,6 +244,8 @@ pub struct Pipeline {
     pub projections: Option<ProjectionsConfig>,
     /// Topic (in the state log) that receives dead letters.
     pub dead_letter_topic: String,
+    /// Snapshots of the shards' state; `None`: recovery replays the inputs from the start.
+    pub snapshot: Option<SnapshotConfig>,
 }
 
 /// Defaults, in one place.
@@ -249,6 +267,8 @@ pub mod defaults {
     pub const SEQUENCE_START: u64 = 1;
     /// Dead-letter topic.
     pub const DEAD_LETTER_TOPIC: &str = "dead_letters";
+    /// Complete snapshots kept.
+    pub const SNAPSHOT_KEEP: usize = 2;
 }
 
 const MAX_SHARDS: i64 = 256;
@@ -474,6 +494,45 @@ impl Pipeline {
                 .unwrap_or(defaults::REORDER_WINDOW),
         };
         r.finish(&mut cx);
+
+        // [snapshot]
+        let mut sn = root.table(&mut cx, "snapshot");
+        let snapshot = if sn.is_present() {
+            let every_epochs = sn
+                .int(&mut cx, "every_epochs", 1, i64::MAX)
+                .map(|n| n as u64);
+            let every = sn.duration(
+                &mut cx,
+                "every",
+                Duration::from_millis(1),
+                Duration::from_secs(7 * 24 * 3600),
+            );
+            let every_records = sn
+                .int(&mut cx, "every_records", 1, i64::MAX)
+                .map(|n| n as u64);
+            let keep = sn
+                .int(&mut cx, "keep", 1, 1000)
+                .map(|n| n as usize)
+                .unwrap_or(defaults::SNAPSHOT_KEEP);
+            let triggers = ["every_epochs", "every", "every_records"];
+            if !sn.keys().iter().any(|k| triggers.contains(&k.as_str())) {
+                cx.error(
+                    "snapshot",
+                    sn.span(),
+                    "says when to write a snapshot: give `every = \"30s\"`, `every_epochs` or `every_records` (or remove [snapshot] to recover by replay alone)",
+                );
+            }
+            Some(SnapshotConfig {
+                every_epochs,
+                every,
+                every_records,
+                keep,
+                dir: state_dir.join("snapshots"),
+            })
+        } else {
+            None
+        };
+        sn.finish(&mut cx);
 
         // [upcast]
         let mut up_table = root.table(&mut cx, "upcast");
@@ -714,6 +773,7 @@ impl Pipeline {
             upcast,
             projections,
             dead_letter_topic,
+            snapshot,
         })
     }
 
@@ -760,6 +820,10 @@ impl Pipeline {
             aggregate: None,
             upcast: None,
             projections: Some(ps.clone()),
+            snapshot: self.snapshot.clone().map(|s| SnapshotConfig {
+                dir: self.state_dir.join("projections").join("snapshots"),
+                ..s
+            }),
             ..self.clone()
         };
         Some((write, read))

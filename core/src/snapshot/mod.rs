@@ -20,6 +20,7 @@
 //! [`push`]: ShardWriter::push
 //! [`finish`]: ShardWriter::finish
 
+pub mod codec;
 pub mod fingerprint;
 pub mod format;
 pub mod manifest;

@@ -569,6 +569,22 @@ impl Stage for Aggregate {
         }
     }
 
+    fn encode_state(&self, state: &AggState, out: &mut Vec<u8>) -> bool {
+        use crate::snapshot::codec::{Put, put_vals};
+        out.put_u64(state.version);
+        put_vals(out, &state.fields);
+        true
+    }
+
+    fn decode_state(&self, _key: &[u8], bytes: &[u8]) -> Result<AggState, String> {
+        use crate::snapshot::codec::{Take, take_vals};
+        let mut t = Take(bytes);
+        let version = t.u64("the aggregate's version")?;
+        let fields = take_vals(&mut t, self.defaults.len())?;
+        t.end()?;
+        Ok(AggState { version, fields })
+    }
+
     fn outputs(&self) -> Vec<OutputSpec> {
         vec![
             OutputSpec {

@@ -71,6 +71,38 @@ impl Ord for Scalar {
     }
 }
 
+fn put_scalar(out: &mut Vec<u8>, v: &Scalar) {
+    use crate::snapshot::codec::Put;
+    match v {
+        Scalar::Null => out.put_u8(0),
+        Scalar::Bool(b) => out.put_u8(1 + u8::from(*b)),
+        Scalar::Int(i) => {
+            out.put_u8(3);
+            out.put_i64(*i);
+        }
+        Scalar::Float(f) => {
+            out.put_u8(4);
+            out.put_f64(*f);
+        }
+        Scalar::Str(s) => {
+            out.put_u8(5);
+            out.put_bytes(s.as_bytes());
+        }
+    }
+}
+
+fn take_scalar(t: &mut crate::snapshot::codec::Take<'_>) -> Result<Scalar, String> {
+    Ok(match t.u8("a scalar's tag")? {
+        0 => Scalar::Null,
+        1 => Scalar::Bool(false),
+        2 => Scalar::Bool(true),
+        3 => Scalar::Int(t.i64("an int")?),
+        4 => Scalar::Float(t.f64("a float")?),
+        5 => Scalar::Str(Box::new(t.str("a string")?.to_string())),
+        other => return Err(format!("unknown scalar tag {other}")),
+    })
+}
+
 fn write_f64(out: &mut Vec<u8>, f: f64) {
     if f.is_finite() {
         serde_json::to_writer(&mut *out, &f).expect("vec write");
@@ -317,6 +349,78 @@ impl Stage for Fold {
             }
         }
         Ok(Applied::Changed)
+    }
+
+    fn encode_state(&self, state: &FoldState, out: &mut Vec<u8>) -> bool {
+        use crate::snapshot::codec::Put;
+        out.put_u64(state.len() as u64);
+        for acc in state {
+            match acc {
+                Acc::Count(n) => {
+                    out.put_u8(0);
+                    out.put_u64(*n);
+                }
+                Acc::SumI(i) => {
+                    out.put_u8(1);
+                    out.put_i64(*i);
+                }
+                Acc::SumF(f) => {
+                    out.put_u8(2);
+                    out.put_f64(*f);
+                }
+                Acc::One(None) => out.put_u8(3),
+                Acc::One(Some(v)) => {
+                    out.put_u8(4);
+                    put_scalar(out, v);
+                }
+                Acc::Set(set) => {
+                    out.put_u8(5);
+                    out.put_u64(set.len() as u64);
+                    for v in set.iter() {
+                        put_scalar(out, v);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn decode_state(&self, _key: &[u8], bytes: &[u8]) -> Result<FoldState, String> {
+        let mut t = crate::snapshot::codec::Take(bytes);
+        let n = t.count(1, "the number of reducers")?;
+        if n != self.reducers.len() {
+            return Err(format!(
+                "the state has {n} reducers, the pipeline declares {}",
+                self.reducers.len()
+            ));
+        }
+        let mut state = FoldState::with_capacity(n);
+        for r in &self.reducers {
+            let acc = match (t.u8("a reducer's tag")?, &r.op) {
+                (0, Op::Count) => Acc::Count(t.u64("a count")?),
+                (1, Op::Sum(_)) => Acc::SumI(t.i64("a sum")?),
+                (2, Op::Sum(_)) => Acc::SumF(t.f64("a sum")?),
+                (3, Op::Min(_) | Op::Max(_) | Op::Last(_)) => Acc::One(None),
+                (4, Op::Min(_) | Op::Max(_) | Op::Last(_)) => Acc::One(Some(take_scalar(&mut t)?)),
+                (5, Op::Set(_)) => {
+                    let len = t.count(1, "a set's size")?;
+                    let mut set = BTreeSet::new();
+                    for _ in 0..len {
+                        set.insert(take_scalar(&mut t)?);
+                    }
+                    Acc::Set(Box::new(set))
+                }
+                (tag, _) => {
+                    return Err(format!(
+                        "reducer '{}': stored kind {tag} does not match the pipeline's",
+                        r.name
+                    ));
+                }
+            };
+            state.push(acc);
+        }
+        t.end()?;
+        Ok(state)
     }
 
     fn render(&self, state: &Self::State, out: &mut Vec<u8>) {

@@ -200,6 +200,17 @@ pub trait Stage: Send + Sync + 'static {
     ) -> Result<Applied, Refused>;
     /// Writes the key's read model as JSON object members (`"a":1,"b":2`, no braces).
     fn render(&self, state: &Self::State, out: &mut Vec<u8>);
+    /// Writes the key's state for a snapshot (with [`crate::snapshot::codec`]); `false`
+    /// (the default) says this stage's state cannot be snapshotted, and its pipeline then
+    /// recovers by replay alone.
+    fn encode_state(&self, _state: &Self::State, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+    /// Reads a state [`Stage::encode_state`] wrote for `key`; `Err` says what is wrong
+    /// (the snapshot is then not used).
+    fn decode_state(&self, _key: &[u8], _bytes: &[u8]) -> Result<Self::State, String> {
+        Err("this stage's state is not snapshotted".into())
+    }
     /// Output topics besides the view. None by default.
     fn outputs(&self) -> Vec<OutputSpec> {
         Vec::new()

@@ -151,6 +151,40 @@ impl Stage for Projections {
         }
     }
 
+    fn encode_state(&self, row: &Row, out: &mut Vec<u8>) -> bool {
+        use crate::snapshot::codec::{Put, put_vals};
+        out.put_u8(u8::from(row.deleted));
+        put_vals(out, &row.fields);
+        true
+    }
+
+    fn decode_state(&self, key: &[u8], bytes: &[u8]) -> Result<Row, String> {
+        use crate::snapshot::codec::{Take, take_vals};
+        let [a, b, ..] = *key else {
+            return Err("a projection row's key has no projection prefix".into());
+        };
+        let projection = u16::from_be_bytes([a, b]);
+        let Some(compiled) = self.compiled.get(projection as usize) else {
+            return Err(format!(
+                "the row belongs to projection #{projection}, the pipeline has {}",
+                self.compiled.len()
+            ));
+        };
+        let mut t = Take(bytes);
+        let deleted = match t.u8("the row's deleted flag")? {
+            0 => false,
+            1 => true,
+            other => return Err(format!("bad deleted flag {other}")),
+        };
+        let fields = take_vals(&mut t, compiled.0.defaults.len())?;
+        t.end()?;
+        Ok(Row {
+            projection,
+            deleted,
+            fields,
+        })
+    }
+
     fn apply(
         &self,
         row: &mut Row,

@@ -1,0 +1,341 @@
+//! The engine's side of snapshots: when to write one, writing it at a barrier (each
+//! shard its own file, the committer the manifest once the epoch is committed),
+//! retention, and restoring the newest valid one before replay.
+//!
+//! Recovery rule with snapshots: take the newest complete, valid snapshot whose epoch
+//! is committed and whose pipeline fingerprint matches; load its keys into the shards;
+//! replay each input from the snapshot's offsets up to the committed offsets with
+//! outputs suppressed; resume. Without a usable snapshot, replay from offset 0.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Pipeline, SnapshotConfig};
+use crate::hash::{SHARD_SALT, bucket, stable_hash};
+use crate::shard::{InputNames, ShardCore};
+use crate::snapshot::{
+    Fingerprint, InputOffset, ShardFileInfo, SkipReason, SnapshotError, SnapshotWriter,
+    WriteOptions,
+};
+use crate::stage::Stage;
+
+/// What a snapshot's state depends on: a change to any of these makes old snapshots
+/// unusable (the error names the components that changed). The shard count is not
+/// among them: keys are redistributed on restore.
+pub fn fingerprint(p: &Pipeline) -> Fingerprint {
+    let sources: Vec<String> = p
+        .sources
+        .iter()
+        .map(|s| format!("{}={}:{:?}", s.name, s.topic, s.format))
+        .collect();
+    Fingerprint::new()
+        .with("sources", sources.join(","))
+        .with("key", format!("{:?}", p.key))
+        .with("view", format!("{:?}", p.view))
+        .with("aggregate", format!("{:?}", p.aggregate))
+        .with("projections", format!("{:?}", p.projections))
+        .with("upcast", format!("{:?}", p.upcast))
+}
+
+/// Snapshot settings of one run, shared by the router, the shards and the committer.
+#[derive(Debug)]
+pub struct Plan {
+    cfg: SnapshotConfig,
+    fingerprint: Fingerprint,
+    fsync: bool,
+    /// A snapshot is being written (the router starts no other until it is done).
+    busy: AtomicBool,
+    /// Snapshots completed by this run.
+    pub written: AtomicU64,
+    /// Why snapshots failed in this run (the pipeline goes on without them).
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Plan {
+    /// The plan of a pipeline with `[snapshot]`.
+    pub fn new(p: &Pipeline) -> Option<Arc<Plan>> {
+        let cfg = p.snapshot.clone()?;
+        Some(Arc::new(Plan {
+            cfg,
+            fingerprint: fingerprint(p),
+            fsync: p.fsync == crate::log::FsyncPolicy::EveryCommit,
+            busy: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn failed(&self, what: String) {
+        let mut e = self.errors.lock().expect("snapshot errors lock");
+        if e.len() < 16 {
+            e.push(what);
+        }
+    }
+}
+
+/// The router's view: is a snapshot due at this barrier?
+#[derive(Debug)]
+pub struct Trigger {
+    last_at: Instant,
+    epochs: u64,
+    records: u64,
+}
+
+impl Trigger {
+    /// Counting from now.
+    pub fn new() -> Self {
+        Trigger {
+            last_at: Instant::now(),
+            epochs: 0,
+            records: 0,
+        }
+    }
+
+    /// Called at each barrier the router cuts, with the epoch's records; true when a
+    /// snapshot should be written at this barrier (and none is being written).
+    pub fn due(&mut self, plan: &Plan, epoch_records: u64) -> bool {
+        self.epochs += 1;
+        self.records += epoch_records;
+        let c = &plan.cfg;
+        let due = c.every_epochs.is_some_and(|n| self.epochs >= n)
+            || c.every.is_some_and(|d| self.last_at.elapsed() >= d)
+            || c.every_records.is_some_and(|n| self.records >= n);
+        if !due || plan.busy.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *self = Trigger::new();
+        true
+    }
+}
+
+/// Starts the snapshot of `epoch`: its directory, and what the committer needs to
+/// complete it. `None` (counted as a failure) if the directory cannot be made.
+pub fn start(
+    plan: &Arc<Plan>,
+    epoch: u64,
+    shards: usize,
+    names: &InputNames,
+    positions: &[u64],
+) -> Option<(Arc<SnapshotWriter>, Pending)> {
+    let writer = match SnapshotWriter::create(
+        &plan.cfg.dir,
+        epoch,
+        shards as u32,
+        WriteOptions { fsync: plan.fsync },
+    ) {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            plan.failed(format!("epoch {epoch}: {e}"));
+            plan.busy.store(false, Ordering::Release);
+            return None;
+        }
+    };
+    let inputs = names
+        .iter()
+        .zip(positions)
+        .map(|((source, partition), &next_offset)| InputOffset {
+            source: source.clone(),
+            partition: *partition,
+            next_offset,
+        })
+        .collect();
+    let pending = Pending {
+        plan: plan.clone(),
+        writer: Some(writer.clone()),
+        epoch,
+        inputs,
+        files: Vec::with_capacity(shards),
+        answers: 0,
+        shards,
+        error: None,
+    };
+    Some((writer, pending))
+}
+
+/// A shard's part of a snapshot: writes its file. `Err` says why it could not.
+pub fn write_shard<S: Stage>(
+    core: &ShardCore<S>,
+    writer: &SnapshotWriter,
+    shard: usize,
+) -> Result<ShardFileInfo, String> {
+    let mut w = writer.shard(shard as u32).map_err(|e| e.to_string())?;
+    if !core.write_snapshot(&mut w).map_err(|e| e.to_string())? {
+        return Err(
+            "this stage's state cannot be snapshotted (a Rust stage without encode_state)".into(),
+        );
+    }
+    w.finish().map_err(|e| e.to_string())
+}
+
+/// A snapshot being written, held by the committer.
+#[derive(Debug)]
+pub struct Pending {
+    plan: Arc<Plan>,
+    writer: Option<Arc<SnapshotWriter>>,
+    epoch: u64,
+    inputs: Vec<InputOffset>,
+    files: Vec<ShardFileInfo>,
+    answers: usize,
+    shards: usize,
+    error: Option<String>,
+}
+
+impl Pending {
+    /// A shard's file is written (or failed).
+    pub fn shard_done(&mut self, result: Result<ShardFileInfo, String>) {
+        self.answers += 1;
+        match result {
+            Ok(f) => self.files.push(f),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Completes the snapshot once every shard answered and its epoch is committed:
+    /// the manifest, then retention. Returns false while it must wait.
+    pub fn try_finish(&mut self, committed_epoch: u64) -> bool {
+        if self.answers < self.shards || committed_epoch < self.epoch {
+            return false;
+        }
+        let plan = self.plan.clone();
+        let writer = self.writer.take().and_then(|w| Arc::try_unwrap(w).ok());
+        let result = match (self.error.take(), writer) {
+            (Some(e), _) => Err(e),
+            (None, None) => Err("internal: the snapshot writer is still shared".into()),
+            (None, Some(w)) => w
+                .commit(
+                    std::mem::take(&mut self.files),
+                    &plan.fingerprint,
+                    std::mem::take(&mut self.inputs),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                plan.written.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) =
+                    crate::snapshot::retain(&plan.cfg.dir, plan.cfg.keep, committed_epoch)
+                {
+                    plan.failed(format!("removing old snapshots: {e}"));
+                }
+            }
+            Err(e) => plan.failed(format!("epoch {}: {e}", self.epoch)),
+        }
+        plan.busy.store(false, Ordering::Release);
+        true
+    }
+}
+
+/// What recovery took from a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// The snapshot's epoch; `None`: no snapshot was used.
+    pub epoch: Option<u64>,
+    /// Keys loaded.
+    pub keys: u64,
+    /// Records put back into reorder buffers.
+    pub held: u64,
+    /// Time to select, open, validate and load it.
+    pub took: Duration,
+    /// Newer snapshots that were not used, and why.
+    pub skipped: Vec<String>,
+}
+
+/// Picks the newest usable snapshot for `committed_epoch` and loads it into `cores`
+/// (keys go to the shard their hash picks, whatever the snapshot's shard count).
+/// Returns the offset to start each input at (`names` order) and what was done. A
+/// snapshot that fails while loading is reported and recovery falls back to replay
+/// from offset 0 (the shards are then reset by the caller).
+pub fn restore<S: Stage>(
+    plan: &Plan,
+    committed_epoch: u64,
+    names: &InputNames,
+    cores: &mut [ShardCore<S>],
+) -> Result<(Vec<u64>, Restored), (Restored, String)> {
+    let started = Instant::now();
+    let mut restored = Restored::default();
+    let zero = vec![0; names.len()];
+    let selection = match crate::snapshot::select(&plan.cfg.dir, committed_epoch, &plan.fingerprint)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            restored.skipped.push(e.to_string());
+            return Ok((zero, restored));
+        }
+    };
+    for s in &selection.skipped {
+        let why = match &s.reason {
+            SkipReason::Incomplete => "incomplete (no manifest: writing it did not finish)".into(),
+            SkipReason::NotCommitted { epoch, committed } => {
+                format!("epoch {epoch} was not committed (last committed: {committed})")
+            }
+            SkipReason::Invalid(e) => describe(e),
+        };
+        restored
+            .skipped
+            .push(format!("{}: {why}", s.path.display()));
+    }
+    let Some(snapshot) = selection.snapshot else {
+        restored.took = started.elapsed();
+        return Ok((zero, restored));
+    };
+    let mut starts = Vec::with_capacity(names.len());
+    for (source, partition) in names.iter() {
+        let Some(o) = snapshot
+            .inputs()
+            .iter()
+            .find(|o| &o.source == source && o.partition == *partition)
+        else {
+            restored.skipped.push(format!(
+                "{}: has no offset for source '{source}' partition {partition}",
+                snapshot.dir().display()
+            ));
+            restored.took = started.elapsed();
+            return Ok((zero, restored));
+        };
+        starts.push(o.next_offset);
+    }
+    let epoch = snapshot.epoch();
+    let dir = snapshot.dir().to_path_buf();
+    let n = cores.len() as u32;
+    let shards = snapshot.into_shards();
+    let fail = |restored: Restored, e: String| (restored, format!("{}: {e}", dir.display()));
+    for sh in &shards {
+        for e in sh.iter() {
+            let hash = stable_hash(e.key);
+            let core = &mut cores[bucket(hash, SHARD_SALT, n) as usize];
+            if let Err(err) = core.restore_entry(hash, e) {
+                return Err(fail(restored, err));
+            }
+            restored.keys += 1;
+        }
+    }
+    for sh in &shards {
+        for x in sh.extras() {
+            let core = &mut cores[bucket(stable_hash(x.key), SHARD_SALT, n) as usize];
+            if let Err(err) = core.restore_held(&x) {
+                return Err(fail(restored, err));
+            }
+            restored.held += 1;
+        }
+    }
+    for c in cores.iter_mut() {
+        c.finish_restore();
+    }
+    restored.epoch = Some(epoch);
+    restored.took = started.elapsed();
+    Ok((starts, restored))
+}
+
+fn describe(e: &SnapshotError) -> String {
+    match e {
+        SnapshotError::ForeignPipeline { .. } => format!(
+            "{e}; the pipeline changed since it was written, so its state does not apply \
+             (recovery replays the inputs instead; `rm -r` the snapshots directory to silence this)"
+        ),
+        _ => e.to_string(),
+    }
+}
