@@ -386,6 +386,7 @@ fn inspect_json() {
     let shards = v["shards"].as_array().unwrap();
     assert_eq!(shards.len(), 2);
     assert_eq!(shards[0]["keys"], 2);
+    assert_eq!(shards[0]["shards"], 2);
     assert_eq!(shards[0]["extras"], 1);
     assert_eq!(shards[0]["valid"], true);
     assert_eq!(shards[0]["body_crc32c"].as_str().unwrap().len(), 8);

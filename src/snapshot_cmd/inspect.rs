@@ -17,7 +17,7 @@ use super::{Done, Failure};
 /// is one, else from the file's header (when it opens).
 pub(super) struct ShardReport {
     pub(super) shard: Option<u32>,
-    /// Shard count, from the file's header (single-file inspection).
+    /// Shard count of the snapshot (from the manifest, else the file's header).
     pub(super) of: Option<u32>,
     pub(super) epoch: Option<u64>,
     pub(super) file: String,
@@ -200,7 +200,7 @@ fn inspect_dir(dir: &Path, named: Option<u64>) -> Inspection {
             };
             ShardReport {
                 shard: Some(info.shard),
-                of: None,
+                of: Some(manifest.shards.len() as u32),
                 epoch: None,
                 file: info.file.clone(),
                 bytes: Some(info.bytes),
