@@ -2,6 +2,7 @@
 
 mod log_cmd;
 mod run_cmd;
+mod snapshot_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,11 @@ enum Cmd {
     Log {
         #[command(subcommand)]
         cmd: log_cmd::LogCmd,
+    },
+    /// List and inspect snapshots (read only)
+    Snapshot {
+        #[command(subcommand)]
+        cmd: snapshot_cmd::SnapshotCmd,
     },
     /// Generate a deterministic workload as JSON lines on stdout
     Gen {
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         } => run_cmd::run(&pipeline, until_end, quiet),
         Cmd::Validate { pipeline } => run_cmd::validate(&pipeline),
         Cmd::Log { cmd } => log_cmd::main(cmd),
+        Cmd::Snapshot { cmd } => snapshot_cmd::main(cmd),
         Cmd::Gen { cmd } => {
             let (params, write): (_, GenFn) = match cmd {
                 GenCmd::Bank {

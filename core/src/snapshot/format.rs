@@ -105,8 +105,8 @@ pub(crate) const MANIFEST_MAGIC: &str = "onceflow-snapshot-manifest";
 const DIR_PREFIX: &str = "snapshot-";
 const SHARD_PREFIX: &str = "shard-";
 const SHARD_SUFFIX: &str = ".snap";
-/// Suffix of files being written.
-pub(crate) const TMP_SUFFIX: &str = ".tmp";
+/// Suffix of files being written (left behind by a crash mid-write).
+pub const TMP_SUFFIX: &str = ".tmp";
 
 // ---------------------------------------------------------------------------------
 // rkyv format features

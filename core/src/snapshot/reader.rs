@@ -107,8 +107,11 @@ impl ShardSnapshot {
         ShardSnapshot::verify(path.into(), Bytes::Owned(v))
     }
 
-    /// Opens shard `info.shard` of a snapshot and checks it against its manifest.
-    pub(crate) fn open_listed(
+    /// Opens shard `info.shard` of a snapshot and checks it against its manifest
+    /// (shard index and count, epoch, key and extra counts, size, body crc32c): what
+    /// [`Snapshot::open`] does for each shard, for tools that report every shard's
+    /// verdict rather than the first failure.
+    pub fn open_listed(
         path: &Path,
         info: &ShardFileInfo,
         manifest: &Manifest,
@@ -240,6 +243,11 @@ impl ShardSnapshot {
     /// File size in bytes.
     pub fn file_bytes(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    /// crc32c of the body, as stored in the header (and checked at open).
+    pub fn body_crc32c(&self) -> u32 {
+        self.header.body_crc
     }
 
     /// The entry of `key`, borrowed from the file.
