@@ -150,37 +150,8 @@ pub(super) fn when(t: SystemTime, now: SystemTime) -> String {
 
 /// Seconds since the Unix epoch as `YYYY-MM-DD hh:mm:ssZ`.
 fn utc(secs: u64) -> String {
-    let (y, m, d) = civil_date(secs / 86_400);
-    let s = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        s / 3_600,
-        s % 3_600 / 60,
-        s % 60
-    )
-}
-
-/// (year, month, day) of the `days`-th day after 1970-01-01 (proleptic Gregorian),
-/// counting in 400-year eras that start on March 1st, so the leap day ends a year.
-fn civil_date(days: u64) -> (u64, u64, u64) {
-    const DAYS_PER_ERA: u64 = 146_097;
-    // 0000-03-01 is 719,468 days before 1970-01-01.
-    let z = days + 719_468;
-    let era = z / DAYS_PER_ERA;
-    let day_of_era = z % DAYS_PER_ERA;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months counted from March: 0 = March … 11 = February.
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
+    onceflow_core::expr::rfc3339_from_unix_secs(i64::try_from(secs).unwrap_or(i64::MAX))
+        .replacen('T', " ", 1)
 }
 
 #[cfg(test)]

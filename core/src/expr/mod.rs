@@ -54,6 +54,14 @@ use std::fmt;
 
 pub use value::{Type, Val};
 
+/// RFC 3339 text in UTC (`2026-05-01T00:00:00Z`) of seconds since the Unix epoch, as
+/// `string(timestamp)` writes it; for tools that print times.
+pub fn rfc3339_from_unix_secs(secs: i64) -> String {
+    let mut out = String::with_capacity(20);
+    time::format_timestamp(secs.saturating_mul(1_000_000_000), &mut out);
+    out
+}
+
 /// Parses an RFC 3339 timestamp to nanoseconds since the Unix epoch (UTC).
 pub(crate) use time::parse_timestamp;
 
