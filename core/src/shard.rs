@@ -82,6 +82,24 @@ struct KeyEntry<St> {
     state: St,
 }
 
+impl<St> KeyEntry<St> {
+    /// A key's entry with nothing rendered or held yet.
+    fn new(hash: u64, key: &[u8], next_seq: u64, next_sub: u8, version: u64, state: St) -> Self {
+        KeyEntry {
+            hash,
+            key: KeyBytes::new(key),
+            next_seq,
+            next_sub,
+            version,
+            dirty: false,
+            rendered_gen: 0,
+            rendered_rec: 0,
+            held: 0,
+            state,
+        }
+    }
+}
+
 /// What a shard hands to the committer at a barrier.
 #[derive(Debug)]
 pub struct ShardPart {
@@ -221,18 +239,14 @@ impl<S: Stage> ShardCore<S> {
             Entry::Occupied(o) => *o.get(),
             Entry::Vacant(v) => {
                 let i = u32::try_from(entries.len()).expect("at most 2^32 keys per shard");
-                entries.push(KeyEntry {
+                entries.push(KeyEntry::new(
                     hash,
-                    key: KeyBytes::new(key),
-                    next_seq: self.cfg.sequence_start,
-                    next_sub: 0,
-                    version: 0,
-                    dirty: false,
-                    rendered_gen: 0,
-                    rendered_rec: 0,
-                    held: 0,
-                    state: self.stage.new_state(key),
-                });
+                    key,
+                    self.cfg.sequence_start,
+                    0,
+                    0,
+                    self.stage.new_state(key),
+                ));
                 v.insert(i);
                 i
             }

@@ -5,7 +5,7 @@
 //! kind `held`, with their input coordinates and their decoded values, so a restore puts
 //! the reorder buffer back exactly as it was at the barrier.
 
-use super::{Held, KeyBytes, KeyEntry, ShardCore};
+use super::{Held, KeyEntry, ShardCore};
 use crate::batch::Part;
 use crate::decode::Value;
 use crate::snapshot::codec::{Put, Take};
@@ -67,18 +67,8 @@ impl<S: Stage> ShardCore<S> {
             return Err(format!("key '{key}' is in the snapshot twice"));
         }
         let i = u32::try_from(self.entries.len()).expect("at most 2^32 keys per shard");
-        self.entries.push(KeyEntry {
-            hash,
-            key: KeyBytes::new(e.key),
-            next_seq: e.seq,
-            next_sub,
-            version,
-            dirty: false,
-            rendered_gen: 0,
-            rendered_rec: 0,
-            held: 0,
-            state,
-        });
+        self.entries
+            .push(KeyEntry::new(hash, e.key, e.seq, next_sub, version, state));
         let entries = &self.entries;
         self.table
             .insert_unique(hash, i, |&j| entries[j as usize].hash);
