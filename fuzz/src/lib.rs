@@ -19,6 +19,7 @@ pub mod config;
 pub mod decode;
 pub mod expr;
 pub mod log_open;
+pub mod scratch;
 pub mod snapshot_open;
 
 pub mod alloc_limit {

@@ -27,9 +27,9 @@
 //!
 //! Nothing may panic. Only the checks in step 2 are stricter than "Ok or Err".
 
+use crate::scratch::Scratch;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use onceflow_core::log::{CommitMarker, FsyncPolicy, LogOptions, LogReader, LogWriter, RecordBuf};
 
@@ -220,39 +220,6 @@ fn fix_segment_crcs(s: &mut [u8]) {
     }
 }
 
-/// A scratch directory for one run, removed again on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::var_os("ONCEFLOW_FUZZ_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let shm = Path::new("/dev/shm");
-                if shm.is_dir() {
-                    shm.to_path_buf()
-                } else {
-                    std::env::temp_dir()
-                }
-            });
-        let dir = base.join(format!(
-            "onceflow-fuzz-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Writes the store files; returns the store directory.
 fn write_store(inp: &StoreInput, root: &Path) -> PathBuf {
     let dir = root.join("store");
@@ -385,7 +352,7 @@ pub fn run(data: &[u8]) {
 pub fn run_outcome(data: &[u8]) -> Outcome {
     let mut outcome = Outcome::default();
     let inp = StoreInput::parse(data);
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("log");
     let dir = write_store(&inp, &scratch.0);
     let seg_bytes: u64 = inp.segments.iter().map(|s| s.1.len() as u64).sum();
     let max_records = seg_bytes / 8 + MAX_COMMIT_PARTS as u64 + 1;

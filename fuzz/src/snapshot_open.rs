@@ -21,9 +21,9 @@
 //!
 //! Nothing may panic.
 
+use crate::scratch::Scratch;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use onceflow_core::snapshot::format::{MANIFEST_FILE, shard_file_name, snapshot_dir_name};
 use onceflow_core::snapshot::{
@@ -151,39 +151,6 @@ pub fn fingerprint() -> Fingerprint {
         .with("shards", "1")
 }
 
-/// A scratch directory for one run, removed again on drop (tmpfs when available).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::var_os("ONCEFLOW_FUZZ_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let shm = Path::new("/dev/shm");
-                if shm.is_dir() {
-                    shm.to_path_buf()
-                } else {
-                    std::env::temp_dir()
-                }
-            });
-        let dir = base.join(format!(
-            "onceflow-fuzz-snap-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Reads everything an open shard offers.
 fn exercise(s: &ShardSnapshot) {
     let index_ok = s.verify_index().is_ok();
@@ -252,7 +219,7 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
     }
 
     // 3. Files: the memory-mapped path, the whole snapshot, selection, retention.
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("snap");
     let epoch = manifest.as_ref().map_or(1, |m| m.epoch);
     let dir = scratch.0.join(snapshot_dir_name(epoch));
     fs::create_dir_all(&dir).unwrap();
