@@ -70,6 +70,48 @@ fn append(dir: &std::path::Path, lines: &[String]) {
     );
 }
 
+/// Starts the pipeline, feeds it the next chunk, SIGKILLs it after a random 50 ms to
+/// `50 + max_sleep_ms` ms, again and again (6 times, or `ONCEFLOW_CRASH_KILLS`, which
+/// `scripts/test --long` raises; at least 5), then appends the chunks left.
+fn kill_while_feeding(
+    pipeline: &std::path::Path,
+    chunks: &[&[String]],
+    append: impl Fn(&[String]),
+    seed: u64,
+    max_sleep_ms: u64,
+) {
+    let want_kills: usize = std::env::var("ONCEFLOW_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+        .max(5);
+    let mut rng = Rng::new(seed);
+    let mut chunks = chunks.iter();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(60 + 5 * want_kills as u64);
+    while kills < want_kills && Instant::now() < deadline {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onceflow"))
+            .args(["run", "--quiet"])
+            .arg(pipeline)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // More input arrives while it runs, then a SIGKILL at a random moment.
+        if let Some(c) = chunks.next() {
+            append(c);
+        }
+        std::thread::sleep(Duration::from_millis(50 + rng.below(max_sleep_ms)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 5, "only {kills} kills before the deadline");
+    for c in chunks {
+        append(c);
+    }
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
     ledger_crashes("");
@@ -116,41 +158,8 @@ fn ledger_crashes(extra: &str) -> String {
     }
     let chunks: Vec<&[String]> = lines.chunks(lines.len() / 8 + 1).collect();
 
-    // `scripts/test --long` sets more kills.
-    let want_kills: usize = std::env::var("ONCEFLOW_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6)
-        .max(5);
-    let mut rng = Rng::new(7);
-    let mut kills = 0;
-    let mut next_chunk = 0;
-    append(dir.path(), chunks[next_chunk]);
-    next_chunk += 1;
-    let deadline = Instant::now() + Duration::from_secs(60 + 5 * want_kills as u64);
-    while kills < want_kills && Instant::now() < deadline {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_onceflow"))
-            .args(["run", "--quiet"])
-            .arg(&pipeline)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // More input arrives while it runs, then a SIGKILL at a random moment.
-        if next_chunk < chunks.len() {
-            append(dir.path(), chunks[next_chunk]);
-            next_chunk += 1;
-        }
-        std::thread::sleep(Duration::from_millis(50 + rng.below(600)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
-    }
-    assert!(kills >= 5, "only {kills} kills before the deadline");
-    while next_chunk < chunks.len() {
-        append(dir.path(), chunks[next_chunk]);
-        next_chunk += 1;
-    }
+    append(dir.path(), chunks[0]);
+    kill_while_feeding(&pipeline, &chunks[1..], |c| append(dir.path(), c), 7, 600);
     let out = run_ok(bin().args(["run", "--until-end", "--quiet"]).arg(&pipeline));
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!summary.contains("UNBALANCED"), "{summary}");
@@ -316,33 +325,7 @@ fn bank_crashes(extra: &str) -> String {
     let mut text = std::fs::read_to_string(&pipeline).unwrap();
     text.push_str(extra);
     std::fs::write(&pipeline, text).unwrap();
-    let want_kills: usize = std::env::var("ONCEFLOW_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6)
-        .max(5);
-    let mut rng = Rng::new(3);
-    let mut next_chunk = 0;
-    for _ in 0..want_kills {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_onceflow"))
-            .args(["run", "--quiet"])
-            .arg(&pipeline)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        if next_chunk < chunks.len() {
-            append(dir.path(), chunks[next_chunk]);
-            next_chunk += 1;
-        }
-        std::thread::sleep(Duration::from_millis(50 + rng.below(500)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-    while next_chunk < chunks.len() {
-        append(dir.path(), chunks[next_chunk]);
-        next_chunk += 1;
-    }
+    kill_while_feeding(&pipeline, &chunks, |c| append(dir.path(), c), 3, 500);
     let summary = run_until_end(&pipeline);
     assert!(!summary.contains("UNBALANCED"), "{summary}");
     assert!(!summary.contains("FAILED"), "{summary}");
