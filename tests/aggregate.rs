@@ -43,6 +43,13 @@ fn bank_accounts_example_matches_expected_outputs() {
     );
     let state = dir.path().join("data/state");
     assert_eq!(events(&state), jsonl(&example("expected_events.jsonl")));
+    // The fields `validate` allows a read side to use are the fields events have.
+    let mut declared = onceflow_core::config::EVENT_FIELDS.to_vec();
+    declared.sort_unstable();
+    for e in events(&state) {
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, declared, "{e}");
+    }
     assert_eq!(
         rejections(&state),
         jsonl(&example("expected_rejections.jsonl"))

@@ -44,6 +44,28 @@ pub mod slots {
 /// Most state fields of an aggregate.
 pub const MAX_STATE_FIELDS: usize = 1 << 12;
 
+/// Top-level fields of an event an aggregate writes as JSON, in the order written.
+pub const EVENT_FIELDS: [&str; 8] = [
+    "event_id",
+    "type",
+    "aggregate",
+    "aggregate_id",
+    "version",
+    "causation_id",
+    "correlation_id",
+    "data",
+];
+
+/// CloudEvents extension attributes of an event an aggregate writes as an envelope
+/// (`events_format = "cloudevents"`): aggregate name, causation and correlation ids, and
+/// the aggregate's version (an int).
+pub const CLOUDEVENT_EXTENSIONS: [&str; 4] = [
+    "aggregate",
+    "causationid",
+    "correlationid",
+    "aggregateversion",
+];
+
 /// A compiled expression with its source (equality compares the source).
 #[derive(Clone)]
 pub struct Expr {

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use aggregate::{
-    AggregateConfig, CommandHandler, EmitSpec, EventType, Expr, Rule, StateField, slots,
+    AggregateConfig, CLOUDEVENT_EXTENSIONS, CommandHandler, EVENT_FIELDS, EmitSpec, EventType,
+    Expr, Rule, StateField, slots,
 };
 pub use projection::{
     Handler, MAX_PROJECTIONS, ProjectionConfig, ProjectionsConfig, RowField,
@@ -886,33 +887,18 @@ impl Pipeline {
 /// own events, whose shape is known: a field they do not have would dead-letter every
 /// event at run time, so it is an error now.
 fn check_read_side_fields(cx: &mut Cx, a: &AggregateConfig, ps: &ProjectionsConfig) {
-    let envelope: &[&str] = if a.cloudevents_source.is_some() {
-        &[
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "subject",
-            "time",
-            "datacontenttype",
-            "dataschema",
-            "aggregate",
-            "causationid",
-            "correlationid",
-            "aggregateversion",
-            "data",
-        ]
+    // What the aggregate writes (`stage::aggregate`): the CloudEvents context
+    // attributes and its extensions, or its JSON event fields; `data` either way.
+    let envelope: Vec<&str> = if a.cloudevents_source.is_some() {
+        crate::cloudevents::CHECKED_FIELDS
+            .iter()
+            .filter(|f| **f != "data_base64")
+            .chain(&aggregate::CLOUDEVENT_EXTENSIONS)
+            .chain(&["data"])
+            .copied()
+            .collect()
     } else {
-        &[
-            "event_id",
-            "type",
-            "aggregate",
-            "aggregate_id",
-            "version",
-            "causation_id",
-            "correlation_id",
-            "data",
-        ]
+        aggregate::EVENT_FIELDS.to_vec()
     };
     let has_data = |name: &str| {
         a.events

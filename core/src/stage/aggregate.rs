@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::{write_json_str, write_uint};
 use crate::cloudevents;
-use crate::config::{AggregateConfig, FieldPath, slots};
+use crate::config::{AggregateConfig, CLOUDEVENT_EXTENSIONS, FieldPath, slots};
 use crate::decode::Value;
 use crate::expr::{Env, EvalError, Slot, Type, Val};
 use crate::stats::DeadReason;
@@ -404,11 +404,11 @@ impl Aggregate {
                 ty: &et.name,
                 subject: Some(key),
                 extensions: &[
-                    ("aggregate", &self.cfg.name),
-                    ("causationid", command_id),
-                    ("correlationid", correlation_id),
+                    (CLOUDEVENT_EXTENSIONS[0], &self.cfg.name),
+                    (CLOUDEVENT_EXTENSIONS[1], command_id),
+                    (CLOUDEVENT_EXTENSIONS[2], correlation_id),
                 ],
-                int_extensions: &[("aggregateversion", p.version)],
+                int_extensions: &[(CLOUDEVENT_EXTENSIONS[3], p.version)],
             };
             cloudevents::write_structured(out, &attrs, data);
             return;
