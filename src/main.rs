@@ -34,6 +34,10 @@ enum Cmd {
         /// No status line (the summary is still printed)
         #[arg(long, short)]
         quiet: bool,
+        /// The pipeline definition changed since its newest snapshot: remove the snapshots
+        /// of the old definition and rebuild the state by replaying the committed inputs
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Check a pipeline file and report every error at once
     Validate {
@@ -111,7 +115,8 @@ fn main() -> ExitCode {
             pipeline,
             until_end,
             quiet,
-        } => run_cmd::run(&pipeline, until_end, quiet),
+            rebuild,
+        } => run_cmd::run(&pipeline, until_end, quiet, rebuild),
         Cmd::Validate { pipeline } => run_cmd::validate(&pipeline),
         Cmd::Log { cmd } => log_cmd::main(cmd),
         Cmd::Snapshot { cmd } => snapshot_cmd::main(cmd),

@@ -79,7 +79,7 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
+pub fn run(path: &Path, until_end: bool, quiet: bool, rebuild: bool) -> ExitCode {
     let p = match Pipeline::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -128,6 +128,7 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
         until_end,
         stop,
         stats: stats.clone(),
+        rebuild,
         ..RunOptions::default()
     };
     let result = engine::run(&p, opts);
@@ -142,6 +143,13 @@ pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
                 print_summary(&read, r, until_end);
             }
             ExitCode::SUCCESS
+        }
+        Err(e @ engine::EngineError::ForeignSnapshot { .. }) => {
+            let msg = e
+                .to_string()
+                .replace("<pipeline>", &path.display().to_string());
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("error: {e}");

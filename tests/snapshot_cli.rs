@@ -559,3 +559,130 @@ fn a_damaged_manifest_is_reported_by_both_commands() {
     assert_eq!(v["shards"][0]["valid"], true);
     assert_eq!(v["shards"][1]["keys"], 1);
 }
+
+/// `onceflow gen bank` lines.
+fn bank_lines(accounts: &str, events: &str, seed: &str) -> Vec<String> {
+    let out = run_ok(bin().args([
+        "gen",
+        "bank",
+        "--accounts",
+        accounts,
+        "--events",
+        events,
+        "--seed",
+        seed,
+    ]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+const APPEND: &[&str] = &[
+    "--topic",
+    "entries",
+    "--partitions",
+    "2",
+    "--key",
+    "account",
+];
+
+#[test]
+fn a_changed_pipeline_refuses_its_old_snapshot_until_rebuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let snap = "\n[snapshot]\nevery_epochs = 1\n";
+    let pipeline = bank_pipeline(dir, "per_epoch", "20ms", snap);
+    let lines = bank_lines("20", "3000", "7");
+    let (first, second) = lines.split_at(1500);
+    log_append(&dir.join("input"), APPEND, first);
+    run_until_end(&pipeline);
+    assert!(
+        stdout(
+            &bin()
+                .args(["snapshot", "ls"])
+                .arg(dir.join("state/snapshots"))
+                .output()
+                .unwrap()
+        )
+        .contains("valid"),
+        "a snapshot was written"
+    );
+
+    // A new field in the view: the snapshot's state lacks it.
+    let changed = bank_pipeline(
+        dir,
+        "per_epoch",
+        "20ms",
+        &format!("largest = {{ op = \"max\", field = \"amount\" }}\n{snap}"),
+    );
+    log_append(&dir.join("input"), APPEND, second);
+    let refused = bin()
+        .args(["run", "--until-end", "--quiet"])
+        .arg(&changed)
+        .output()
+        .unwrap();
+    let err = stderr(&refused);
+    assert_eq!(status(&refused), 2, "{err}");
+    assert!(
+        err.contains("was written by a different pipeline: view"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("onceflow run {} --rebuild", changed.display())),
+        "{err}"
+    );
+    // Refused before processing anything: the balances of the second half are not there.
+    let before = compact(&dir.join("state"), "balances");
+
+    let rebuilt = run_ok(
+        bin()
+            .args(["run", "--until-end", "--quiet", "--rebuild"])
+            .arg(&changed),
+    );
+    let out = stdout(&rebuilt);
+    assert!(out.contains("removed to rebuild the state"), "{out}");
+    assert!(!out.contains("snapshot  restored"), "{out}");
+    assert!(
+        out.contains("recovery  replayed 1,500 committed records"),
+        "{out}"
+    );
+    let after = compact(&dir.join("state"), "balances");
+    assert_ne!(before, after);
+
+    // The same as the new pipeline over everything from scratch, for every key the
+    // second half touched (the others' committed rows predate the change).
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_pipeline = bank_pipeline(
+        fresh.path(),
+        "per_epoch",
+        "20ms",
+        &format!("largest = {{ op = \"max\", field = \"amount\" }}\n{snap}"),
+    );
+    log_append(&fresh.path().join("input"), APPEND, &lines);
+    run_until_end(&fresh_pipeline);
+    let expected = compact(&fresh.path().join("state"), "balances");
+    let touched: std::collections::BTreeSet<String> = second
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["account"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!touched.is_empty());
+    for k in &touched {
+        assert_eq!(after[k], expected[k], "account {k}");
+        assert!(
+            after[k].get("largest").is_some(),
+            "account {k}: {}",
+            after[k]
+        );
+    }
+
+    // A restart now restores the snapshot written under the new definition.
+    let again = run_until_end(&changed);
+    assert!(again.contains("snapshot  restored epoch"), "{again}");
+}

@@ -68,6 +68,22 @@ pub enum EngineError {
     /// The state log was written with a different view layout.
     #[error("{0}")]
     Incompatible(String),
+    /// The newest snapshot was written by a different pipeline definition: its state does
+    /// not apply. Nothing was processed; `RunOptions::rebuild` (`onceflow run --rebuild`)
+    /// removes such snapshots and rebuilds the state by replay.
+    #[error(
+        "snapshot {} (epoch {epoch}) was written by a different pipeline: {}. Its state does not apply to the pipeline as it is now; rebuild the state with `onceflow run <pipeline> --rebuild` (it removes the snapshots of the old definition and replays the committed inputs from the start with outputs suppressed: nothing committed is written again)",
+        .path.display(),
+        .changes.join("; ")
+    )]
+    ForeignSnapshot {
+        /// The snapshot's directory.
+        path: PathBuf,
+        /// Its epoch.
+        epoch: u64,
+        /// What changed, one entry per fingerprint component.
+        changes: Vec<String>,
+    },
     /// A worker thread panicked (a bug): nothing of the epoch in progress was committed.
     #[error("internal error: the {0} thread panicked; nothing after the last commit was committed")]
     Panicked(&'static str),
@@ -113,6 +129,10 @@ pub struct RunOptions {
     /// In a pipeline with an aggregate and projections, reads the aggregate's state (the
     /// write side); unused otherwise.
     pub write_side_read: Option<ReadHandle>,
+    /// Rebuild the state when the newest snapshot was written by a different pipeline
+    /// definition: remove the snapshots of the old definition and replay (without it, such
+    /// a snapshot refuses the run with [`EngineError::ForeignSnapshot`]).
+    pub rebuild: bool,
 }
 
 impl Default for RunOptions {
@@ -126,6 +146,7 @@ impl Default for RunOptions {
             read_side_stats: Arc::new(Stats::default()),
             read: None,
             write_side_read: None,
+            rebuild: false,
         }
     }
 }
@@ -230,6 +251,7 @@ fn run_sides(
         read_side_stats: Arc::new(Stats::default()),
         read: opts.read.take(),
         write_side_read: None,
+        rebuild: opts.rebuild,
     };
     opts.read = opts.write_side_read.take();
     let stop = opts.stop.clone();
@@ -437,7 +459,7 @@ pub fn run_with_stage<S: Stage>(
     let mut restored = Restored::default();
     if let Some(plan) = &plan {
         let committed_epoch = epoch.saturating_sub(1);
-        match snapshots::restore(plan, committed_epoch, &names, &mut cores) {
+        match snapshots::restore(plan, committed_epoch, &names, &mut cores, opts.rebuild)? {
             Ok((starts, r)) => {
                 restored = r;
                 for (inp, &start) in inputs.iter_mut().zip(&starts) {

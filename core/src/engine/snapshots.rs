@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::EngineError;
 use crate::config::{Pipeline, SnapshotConfig};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, ShardCore};
@@ -21,21 +22,66 @@ use crate::snapshot::{
 use crate::stage::Stage;
 
 /// What a snapshot's state depends on: a change to any of these makes old snapshots
-/// unusable (the error names the components that changed). The shard count is not
-/// among them: keys are redistributed on restore.
+/// unusable. Components are fine-grained (one per view field, state field, command,
+/// event type, projection, upcast rule) so the refusal names what changed. The shard
+/// count is not among them: keys are redistributed on restore.
 pub fn fingerprint(p: &Pipeline) -> Fingerprint {
     let sources: Vec<String> = p
         .sources
         .iter()
         .map(|s| format!("{}={}:{:?}", s.name, s.topic, s.format))
         .collect();
-    Fingerprint::new()
+    let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(",");
+    let mut f = Fingerprint::new()
         .with("sources", sources.join(","))
         .with("key", format!("{:?}", p.key))
-        .with("view", format!("{:?}", p.view))
-        .with("aggregate", format!("{:?}", p.aggregate))
-        .with("projections", format!("{:?}", p.projections))
-        .with("upcast", format!("{:?}", p.upcast))
+        .with(
+            "view",
+            format!("{} {} {:?}", p.view.topic, p.view.partitions, p.view.emit),
+        )
+        .with(
+            "view.fields",
+            names(&mut p.view.fields.iter().map(|r| r.name.as_str())),
+        );
+    for r in &p.view.fields {
+        f.set(format!("view.fields.{}", r.name), format!("{r:?}"));
+    }
+    if let Some(a) = &p.aggregate {
+        let mut head = a.clone();
+        head.state.clear();
+        head.commands.clear();
+        head.events.clear();
+        f.set("aggregate", format!("{head:?}"));
+        f.set(
+            "aggregate.state",
+            names(&mut a.state.iter().map(|x| x.name.as_str())),
+        );
+        for x in &a.state {
+            f.set(format!("aggregate.state.{}", x.name), format!("{x:?}"));
+        }
+        for x in &a.commands {
+            f.set(format!("aggregate.commands.{}", x.name), format!("{x:?}"));
+        }
+        for x in &a.events {
+            f.set(format!("aggregate.events.{}", x.name), format!("{x:?}"));
+        }
+    }
+    if let Some(ps) = &p.projections {
+        let mut head = ps.clone();
+        head.list.clear();
+        f.set("projections", format!("{head:?}"));
+        f.set(
+            "projections.list",
+            names(&mut ps.list.iter().map(|x| x.name.as_str())),
+        );
+        for x in &ps.list {
+            f.set(format!("projections.{}", x.name), format!("{x:?}"));
+        }
+    }
+    if let Some(u) = &p.upcast {
+        f.set("upcast", format!("{u:?}"));
+    }
+    f
 }
 
 /// Snapshot settings of one run, shared by the router, the shards and the committer.
@@ -249,12 +295,18 @@ pub struct Restored {
 /// Returns the offset to start each input at (`names` order) and what was done. A
 /// snapshot that fails while loading is reported and recovery falls back to replay
 /// from offset 0 (the shards are then reset by the caller).
+///
+/// A snapshot of another pipeline definition newer than the one chosen refuses the run
+/// ([`EngineError::ForeignSnapshot`]), unless `rebuild`: then such snapshots are removed
+/// and recovery goes on with the newest one of this definition, or a full replay.
+#[allow(clippy::type_complexity)]
 pub fn restore<S: Stage>(
     plan: &Plan,
     committed_epoch: u64,
     names: &InputNames,
     cores: &mut [ShardCore<S>],
-) -> Result<(Vec<u64>, Restored), (Restored, String)> {
+    rebuild: bool,
+) -> Result<Result<(Vec<u64>, Restored), (Restored, String)>, EngineError> {
     let started = Instant::now();
     let mut restored = Restored::default();
     let zero = vec![0; names.len()];
@@ -263,16 +315,49 @@ pub fn restore<S: Stage>(
         Ok(s) => s,
         Err(e) => {
             restored.skipped.push(e.to_string());
-            return Ok((zero, restored));
+            return Ok(Ok((zero, restored)));
         }
     };
+    // Every skipped snapshot is newer than the chosen one (`select` stops there).
+    let foreign = selection.skipped.iter().filter_map(|s| match &s.reason {
+        SkipReason::Invalid(SnapshotError::ForeignPipeline { changes, .. }) => Some((s, changes)),
+        _ => None,
+    });
+    for (s, changes) in foreign {
+        if !rebuild {
+            return Err(EngineError::ForeignSnapshot {
+                path: s.path.clone(),
+                epoch: s.epoch,
+                changes: changes.iter().map(ToString::to_string).collect(),
+            });
+        }
+        let done = match std::fs::remove_dir_all(&s.path) {
+            Ok(()) => "removed to rebuild the state".to_string(),
+            Err(e) => format!("could not be removed ({e}); it is ignored"),
+        };
+        restored.skipped.push(format!(
+            "{}: written by a different pipeline ({}): {done}",
+            s.path.display(),
+            changes
+                .iter()
+                .map(|c| c.component.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     for s in &selection.skipped {
+        if matches!(
+            s.reason,
+            SkipReason::Invalid(SnapshotError::ForeignPipeline { .. })
+        ) {
+            continue;
+        }
         let why = match &s.reason {
             SkipReason::Incomplete => "incomplete (no manifest: writing it did not finish)".into(),
             SkipReason::NotCommitted { epoch, committed } => {
                 format!("epoch {epoch} was not committed (last committed: {committed})")
             }
-            SkipReason::Invalid(e) => describe(e),
+            SkipReason::Invalid(e) => e.to_string(),
         };
         restored
             .skipped
@@ -280,7 +365,7 @@ pub fn restore<S: Stage>(
     }
     let Some(snapshot) = selection.snapshot else {
         restored.took = started.elapsed();
-        return Ok((zero, restored));
+        return Ok(Ok((zero, restored)));
     };
     let mut starts = Vec::with_capacity(names.len());
     for (source, partition) in names.iter() {
@@ -294,7 +379,7 @@ pub fn restore<S: Stage>(
                 snapshot.dir().display()
             ));
             restored.took = started.elapsed();
-            return Ok((zero, restored));
+            return Ok(Ok((zero, restored)));
         };
         starts.push(o.next_offset);
     }
@@ -308,7 +393,7 @@ pub fn restore<S: Stage>(
             let hash = stable_hash(e.key);
             let core = &mut cores[bucket(hash, SHARD_SALT, n) as usize];
             if let Err(err) = core.restore_entry(hash, e) {
-                return Err(fail(restored, err));
+                return Ok(Err(fail(restored, err)));
             }
             restored.keys += 1;
         }
@@ -317,7 +402,7 @@ pub fn restore<S: Stage>(
         for x in sh.extras() {
             let core = &mut cores[bucket(stable_hash(x.key), SHARD_SALT, n) as usize];
             if let Err(err) = core.restore_held(&x) {
-                return Err(fail(restored, err));
+                return Ok(Err(fail(restored, err)));
             }
             restored.held += 1;
         }
@@ -327,15 +412,5 @@ pub fn restore<S: Stage>(
     }
     restored.epoch = Some(epoch);
     restored.took = started.elapsed();
-    Ok((starts, restored))
-}
-
-fn describe(e: &SnapshotError) -> String {
-    match e {
-        SnapshotError::ForeignPipeline { .. } => format!(
-            "{e}; the pipeline changed since it was written, so its state does not apply \
-             (recovery replays the inputs instead; `rm -r` the snapshots directory to silence this)"
-        ),
-        _ => e.to_string(),
-    }
+    Ok(Ok((starts, restored)))
 }

@@ -139,14 +139,23 @@ pub struct FingerprintChange {
 
 impl fmt::Display for FingerprintChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Long values are shown by digest: then "changed" says as much, more plainly.
+        let short = |v: &String| !v.contains(" bytes, digest ");
         match (&self.snapshot, &self.now) {
-            (Some(s), Some(n)) => write!(f, "{} (snapshot: {s}, now: {n})", self.component),
-            (None, Some(n)) => write!(f, "{} (not in the snapshot; now: {n})", self.component),
-            (Some(s), None) => write!(
+            (Some(s), Some(n)) if short(s) && short(n) => {
+                write!(f, "{} (snapshot: {s}, now: {n})", self.component)
+            }
+            (Some(_), Some(_)) => write!(f, "{} changed", self.component),
+            (None, Some(n)) if short(n) => {
+                write!(f, "{} (not in the snapshot; now: {n})", self.component)
+            }
+            (None, Some(_)) => write!(f, "{} added", self.component),
+            (Some(s), None) if short(s) => write!(
                 f,
                 "{} (snapshot: {s}; not in this pipeline)",
                 self.component
             ),
+            (Some(_), None) => write!(f, "{} removed", self.component),
             (None, None) => write!(f, "{}", self.component),
         }
     }

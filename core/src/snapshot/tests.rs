@@ -407,10 +407,8 @@ fn foreign_pipeline_names_what_changed() {
         "{msg}"
     );
     assert!(msg.contains("shards (snapshot: 4, now: 8)"), "{msg}");
-    assert!(
-        msg.contains("aggregate (snapshot: 500 bytes, digest "),
-        "{msg}"
-    );
+    // Long values are shown by digest in the manifest; the message just says "changed".
+    assert!(msg.contains("aggregate changed"), "{msg}");
     assert!(
         msg.contains("projections (not in the snapshot; now: balances)"),
         "{msg}"
