@@ -43,6 +43,12 @@ const READ_CHUNK: usize = 4096;
 const IDLE_POLL: Duration = Duration::from_micros(250);
 /// Keys an idle shard renders ahead of the barrier before it looks at its queue again.
 const RENDER_AHEAD_STEP: usize = 64;
+/// Entries a shard copies into a snapshot in progress after each batch (under load), and
+/// while idle before it looks at its queue again: small enough to stay far below a
+/// commit interval per step (about 0.1 µs per entry here), large enough that a snapshot
+/// of millions of keys completes within seconds of records.
+const SNAPSHOT_BATCH_STEP: usize = 512;
+const SNAPSHOT_IDLE_STEP: usize = 256;
 /// Spins on an empty queue before parking (idle-core wakeups are slow).
 const SPIN_TRIES: u32 = 200;
 
@@ -176,7 +182,7 @@ pub struct RunSummary {
 
 enum ShardMsg {
     Batch(EventBatch),
-    /// Cut the epoch; with a snapshot writer, then write this shard's snapshot file.
+    /// Cut the epoch; with a snapshot writer, then start this shard's snapshot file.
     Barrier(u64, Option<Arc<SnapshotWriter>>),
     /// A read, answered with the state at the last barrier.
     Query(ShardQuery),
@@ -559,9 +565,11 @@ pub fn run_with_stage<S: Stage>(
         drop(commit_tx);
         let mut keys = 0;
         let mut panicked = None;
+        let mut failed = None;
         for h in shard_handles {
             match h.join() {
-                Ok(k) => keys += k,
+                Ok(Ok(k)) => keys += k,
+                Ok(Err(e)) => failed = Some(e),
                 Err(_) => panicked = Some("shard"),
             }
         }
@@ -570,6 +578,9 @@ pub fn run_with_stage<S: Stage>(
             .map_err(|_| EngineError::Panicked("committer"))?;
         if let Some(which) = panicked {
             return Err(EngineError::Panicked(which));
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let recovery = routed?;
         committed?;
@@ -894,13 +905,35 @@ fn shard_loop<S: Stage>(
     pool_tx: Sender<EventBatch>,
     spare: Receiver<OutBuf>,
     stats: &Stats,
-) -> usize {
+) -> Result<usize, EngineError> {
+    // The rest of a snapshot once the shard has written its entries: index, fsync and
+    // rename happen on a thread of their own, which reports to the committer.
+    let finish = |job: crate::shard::SnapshotJob| {
+        let tx = commit_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("onceflow-snapshot-{i}"))
+            .spawn(move || {
+                let _ = tx.send(CommitMsg::SnapshotShard(job.finish()));
+            });
+        if let Err(e) = spawned {
+            let _ = commit_tx.send(CommitMsg::SnapshotShard(Err(format!(
+                "could not start the snapshot thread: {e}"
+            ))));
+        }
+    };
     loop {
         // Spin briefly before parking: a parked thread takes ~7 µs to wake here.
         let mut msg = rx.try_recv();
         if matches!(msg, Err(TryRecvError::Empty)) && core.render_pending() > 0 {
             // Idle: get the epoch's upserts ready before its barrier arrives.
             core.render_ahead(RENDER_AHEAD_STEP);
+            continue;
+        }
+        if matches!(msg, Err(TryRecvError::Empty)) && core.snapshot_pending() {
+            // Idle: go on with the snapshot's sweep.
+            if let Some(job) = core.snapshot_step(SNAPSHOT_IDLE_STEP) {
+                finish(job);
+            }
             continue;
         }
         let mut spins = 0;
@@ -923,27 +956,44 @@ fn shard_loop<S: Stage>(
                 stats.add(&o);
                 b.clear();
                 let _ = pool_tx.try_send(b);
+                // Under load the sweep advances a little with every batch.
+                if core.snapshot_pending()
+                    && let Some(job) = core.snapshot_step(SNAPSHOT_BATCH_STEP)
+                {
+                    finish(job);
+                }
             }
             ShardMsg::Barrier(epoch, snapshot) => {
+                // A restored state that could not be read: this epoch must not commit.
+                if let Some(why) = core.take_fatal() {
+                    return Err(EngineError::Incompatible(format!(
+                        "shard {i}: a key's state in the restored snapshot cannot be read ({why}); nothing after the last commit was committed. Move the snapshots directory away to recover by replay, and please report this"
+                    )));
+                }
                 let part = core.barrier(epoch, spare.try_recv().ok());
                 if commit_tx.send(CommitMsg::Shard(i, part)).is_err() {
                     break;
                 }
                 if let Some(w) = snapshot {
                     // The epoch's outputs are on their way to the committer; the state as
-                    // of this barrier goes to the shard's snapshot file before the shard
-                    // takes the next batch (the pause is measured in docs/benchmarks.md).
-                    let result = snapshots::write_shard(&core, &w, i);
-                    drop(w);
-                    if commit_tx.send(CommitMsg::SnapshotShard(result)).is_err() {
-                        break;
+                    // of this barrier is written copy-on-write from here on.
+                    match w.shard(i as u32) {
+                        Ok(sw) => core.begin_snapshot(sw),
+                        Err(e) => {
+                            let _ = commit_tx.send(CommitMsg::SnapshotShard(Err(e.to_string())));
+                        }
                     }
                 }
             }
             ShardMsg::Query(q) => core.answer(q),
         }
     }
-    core.keys()
+    // Stopping: a snapshot in progress is completed (its manifest waits for the commit of
+    // its epoch, which the committer may still make).
+    if let Some(job) = core.snapshot_step(usize::MAX) {
+        let _ = commit_tx.send(CommitMsg::SnapshotShard(job.finish()));
+    }
+    Ok(core.keys())
 }
 
 /// The state-log topics an epoch's records go to.

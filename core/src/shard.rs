@@ -73,6 +73,8 @@ struct KeyEntry<St> {
     version: u64,
     /// Changed since its last render this epoch, and in the `dirty` list.
     dirty: bool,
+    /// Copied from the restored snapshot this shard serves keys from (`ShardCore::base`).
+    from_base: bool,
     /// `rendered_gen == generation`: this epoch's upsert of the key is `outputs.recs[rendered_rec]`
     /// (rendered ahead of the barrier; superseded if the key changes again).
     rendered_gen: u32,
@@ -92,6 +94,7 @@ impl<St> KeyEntry<St> {
             next_sub,
             version,
             dirty: false,
+            from_base: false,
             rendered_gen: 0,
             rendered_rec: 0,
             held: 0,
@@ -175,6 +178,15 @@ pub struct ShardCore<S: Stage> {
     emitted: Vec<OutBuf>,
     /// Partitions of each of the stage's outputs.
     emitted_partitions: Vec<u32>,
+    /// The restored snapshot file whose keys this shard serves until they change (lazy
+    /// restore): a key missing from `table` is looked up there before it counts as new.
+    base: Option<snapshot::Base>,
+    /// The snapshot being written (copy-on-write: an entry goes to the file before it
+    /// first changes after the barrier, or when the sweep reaches it).
+    copy: Option<Box<snapshot::Copy>>,
+    /// A state from `base` could not be decoded: the run must stop before its epoch
+    /// commits (see [`ShardCore::take_fatal`]).
+    fatal: Option<String>,
 }
 
 impl<S: Stage> ShardCore<S> {
@@ -201,12 +213,24 @@ impl<S: Stage> ShardCore<S> {
             superseded: 0,
             outputs: OutBuf::default(),
             dead: OutBuf::default(),
+            base: None,
+            copy: None,
+            fatal: None,
         }
     }
 
-    /// Number of keys with state.
+    /// Number of keys with state (those still only in the restored snapshot included).
     pub fn keys(&self) -> usize {
-        self.entries.len()
+        match &self.base {
+            Some(b) => self.entries.len() + b.unread(),
+            None => self.entries.len(),
+        }
+    }
+
+    /// Why the shard cannot go on (a restored state it could not read), once: the caller
+    /// must stop without committing the epoch in progress.
+    pub fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
     }
 
     /// Records held right now.
@@ -224,7 +248,8 @@ impl<S: Stage> ShardCore<S> {
             .copied()
     }
 
-    /// Index of the key's entry, created on first sight.
+    /// Index of the key's entry, created on first sight (from the restored snapshot when
+    /// it has the key).
     #[inline]
     fn entry_index(&mut self, hash: u64, key: &[u8]) -> u32 {
         let entries = &mut self.entries;
@@ -239,14 +264,35 @@ impl<S: Stage> ShardCore<S> {
             Entry::Occupied(o) => *o.get(),
             Entry::Vacant(v) => {
                 let i = u32::try_from(entries.len()).expect("at most 2^32 keys per shard");
-                entries.push(KeyEntry::new(
-                    hash,
-                    key,
-                    self.cfg.sequence_start,
-                    0,
-                    0,
-                    self.stage.new_state(key),
-                ));
+                let from_base = match self.base.as_mut() {
+                    Some(b) => b.take(&*self.stage, hash, key),
+                    None => None,
+                };
+                let entry = match from_base {
+                    Some(Ok(e)) => e,
+                    Some(Err(why)) => {
+                        // Checksums and the fingerprint passed, so this is a bug: stop
+                        // the run before anything built on a wrong state commits.
+                        self.fatal.get_or_insert(why);
+                        KeyEntry::new(
+                            hash,
+                            key,
+                            self.cfg.sequence_start,
+                            0,
+                            0,
+                            self.stage.new_state(key),
+                        )
+                    }
+                    None => KeyEntry::new(
+                        hash,
+                        key,
+                        self.cfg.sequence_start,
+                        0,
+                        0,
+                        self.stage.new_state(key),
+                    ),
+                };
+                entries.push(entry);
                 v.insert(i);
                 i
             }
@@ -392,6 +438,9 @@ impl<S: Stage> ShardCore<S> {
         o: &mut Outcomes,
     ) {
         // hot path
+        if self.copy.is_some() {
+            self.copy_before_write(idx);
+        }
         let entry = &mut self.entries[idx as usize];
         if self.cfg.sequenced {
             // The slot is consumed whether the stage accepts the record or not, so that one
@@ -633,9 +682,9 @@ impl<S: Stage> ShardCore<S> {
 
     /// The read model of one key as JSON (for tests and queries).
     pub fn render_key(&self, key: &[u8]) -> Option<String> {
-        let idx = self.find(crate::hash::stable_hash(key), key)?;
+        let e = self.lookup(crate::hash::stable_hash(key), key)?;
         let mut out = OutBuf::default();
-        render(&*self.stage, &self.entries[idx as usize], &mut out, 1);
+        render(&*self.stage, &e, &mut out, 1);
         out.iter()
             .next()
             .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
@@ -807,5 +856,6 @@ pub(crate) fn dead_letter(
 
 mod query;
 mod snapshot;
+pub use snapshot::SnapshotJob;
 #[cfg(test)]
 mod tests;

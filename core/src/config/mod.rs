@@ -161,8 +161,20 @@ pub struct SnapshotConfig {
     pub every_records: Option<u64>,
     /// Complete snapshots kept (older ones are deleted).
     pub keep: usize,
+    /// How a restart loads one.
+    pub restore: RestoreMode,
     /// Where they go: `<state_dir>/snapshots`.
     pub dir: PathBuf,
+}
+
+/// How a restart loads a snapshot (`[snapshot] restore`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Serve keys from the mapped files, copying each into memory on first use (the
+    /// default: start-up time does not grow with the number of keys).
+    Lazy,
+    /// Decode every key into memory before the first record.
+    Eager,
 }
 
 /// One reducer of the view.
@@ -515,6 +527,10 @@ impl Pipeline {
                 .int(&mut cx, "keep", 1, 1000)
                 .map(|n| n as usize)
                 .unwrap_or(defaults::SNAPSHOT_KEEP);
+            let restore = match sn.choice(&mut cx, "restore", &["lazy", "eager"]).as_deref() {
+                Some("eager") => RestoreMode::Eager,
+                _ => RestoreMode::Lazy,
+            };
             let triggers = ["every_epochs", "every", "every_records"];
             if !sn.keys().iter().any(|k| triggers.contains(&k.as_str())) {
                 cx.error(
@@ -528,6 +544,7 @@ impl Pipeline {
                 every,
                 every_records,
                 keep,
+                restore,
                 dir: state_dir.join("snapshots"),
             })
         } else {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::EngineError;
-use crate::config::{Pipeline, SnapshotConfig};
+use crate::config::{Pipeline, RestoreMode, SnapshotConfig};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, ShardCore};
 use crate::snapshot::{
@@ -199,21 +199,6 @@ pub fn start(
     Some((writer, pending))
 }
 
-/// A shard's part of a snapshot: writes its file. `Err` says why it could not.
-pub fn write_shard<S: Stage>(
-    core: &ShardCore<S>,
-    writer: &SnapshotWriter,
-    shard: usize,
-) -> Result<ShardFileInfo, String> {
-    let mut w = writer.shard(shard as u32).map_err(|e| e.to_string())?;
-    if !core.write_snapshot(&mut w).map_err(|e| e.to_string())? {
-        return Err(
-            "this stage's state cannot be snapshotted (a Rust stage without encode_state)".into(),
-        );
-    }
-    w.finish().map_err(|e| e.to_string())
-}
-
 /// A snapshot being written, held by the committer.
 #[derive(Debug)]
 pub struct Pending {
@@ -286,6 +271,9 @@ pub struct Restored {
     pub held: u64,
     /// Time to select, open, validate and load it.
     pub took: Duration,
+    /// Keys are served from the mapped files and copied in on first use (else they were
+    /// all loaded at start).
+    pub lazy: bool,
     /// Newer snapshots that were not used, and why.
     pub skipped: Vec<String>,
 }
@@ -388,23 +376,48 @@ pub fn restore<S: Stage>(
     let n = cores.len() as u32;
     let shards = snapshot.into_shards();
     let fail = |restored: Restored, e: String| (restored, format!("{}: {e}", dir.display()));
-    for sh in &shards {
-        for e in sh.iter() {
-            let hash = stable_hash(e.key);
-            let core = &mut cores[bucket(hash, SHARD_SALT, n) as usize];
-            if let Err(err) = core.restore_entry(hash, e) {
-                return Ok(Err(fail(restored, err)));
+    let lazy = plan.cfg.restore == RestoreMode::Lazy
+        && shards.len() == cores.len()
+        && shards
+            .iter()
+            .enumerate()
+            .all(|(i, sh)| sh.shard() as usize == i);
+    if lazy {
+        // Each shard serves its own file's keys (same shard count, same hash: the keys of
+        // file i are the keys shard i gets), copying a key in on first use.
+        for (core, sh) in cores.iter_mut().zip(shards) {
+            restored.keys += sh.len();
+            let file = Arc::new(sh);
+            core.attach_base(file.clone());
+            for x in file.extras() {
+                if let Err(err) = core.restore_held(&x) {
+                    return Ok(Err(fail(restored, err)));
+                }
+                restored.held += 1;
             }
-            restored.keys += 1;
+            // The open's checks read every page; from here on only used ones count.
+            file.release_pages();
         }
-    }
-    for sh in &shards {
-        for x in sh.extras() {
-            let core = &mut cores[bucket(stable_hash(x.key), SHARD_SALT, n) as usize];
-            if let Err(err) = core.restore_held(&x) {
-                return Ok(Err(fail(restored, err)));
+        restored.lazy = true;
+    } else {
+        for sh in &shards {
+            for e in sh.iter() {
+                let hash = stable_hash(e.key);
+                let core = &mut cores[bucket(hash, SHARD_SALT, n) as usize];
+                if let Err(err) = core.restore_entry(hash, e) {
+                    return Ok(Err(fail(restored, err)));
+                }
+                restored.keys += 1;
             }
-            restored.held += 1;
+        }
+        for sh in &shards {
+            for x in sh.extras() {
+                let core = &mut cores[bucket(stable_hash(x.key), SHARD_SALT, n) as usize];
+                if let Err(err) = core.restore_held(&x) {
+                    return Ok(Err(fail(restored, err)));
+                }
+                restored.held += 1;
+            }
         }
     }
     for c in cores.iter_mut() {

@@ -28,16 +28,16 @@ impl<S: Stage> ShardCore<S> {
 
     fn get_row(&self, key: &[u8]) -> Found {
         let rows = self
-            .find(crate::hash::stable_hash(key), key)
-            .map(|i| &self.entries[i as usize])
+            .lookup(crate::hash::stable_hash(key), key)
             .filter(|e| self.exists(e))
-            .map(|e| vec![(0, self.row_json(e))])
+            .map(|e| vec![(0, self.row_json(&e))])
             .unwrap_or_default();
         Found { rows, next: None }
     }
 
-    /// Rows from position `start` of the key list whose key starts with `prefix` and
-    /// that pass `filter`: at most `limit`, looking at most [`SCAN_STEP`] keys.
+    /// Rows from scan position `start` (see `ShardCore::at_position`) whose key starts
+    /// with `prefix` and that pass `filter`: at most `limit`, looking at most
+    /// [`SCAN_STEP`] positions.
     fn scan_rows(
         &self,
         start: u32,
@@ -45,13 +45,15 @@ impl<S: Stage> ShardCore<S> {
         filter: Option<&crate::query::filter::Filter>,
         limit: usize,
     ) -> Result<Found, String> {
-        let len = self.entries.len();
+        let len = self.scan_len();
         let end = (start as usize).saturating_add(SCAN_STEP).min(len);
         let skip = self.stage.key_prefix_len();
         let mut found = Found::default();
         for at in start as usize..end {
-            let e = &self.entries[at];
-            if !e.key.as_bytes().starts_with(prefix) || !self.exists(e) {
+            let Some(e) = self.at_position(at as u32) else {
+                continue;
+            };
+            if !e.key.as_bytes().starts_with(prefix) || !self.exists(&e) {
                 continue;
             }
             let mut json = None;
@@ -64,7 +66,7 @@ impl<S: Stage> ShardCore<S> {
                     })?;
                     f.matches_typed(&key, version, fields)
                 } else {
-                    let j = self.row_json(e);
+                    let j = self.row_json(&e);
                     let keep = f.matches_json(&j);
                     json = Some(j);
                     keep
@@ -76,7 +78,7 @@ impl<S: Stage> ShardCore<S> {
             }
             found
                 .rows
-                .push((at as u32, json.unwrap_or_else(|| self.row_json(e))));
+                .push((at as u32, json.unwrap_or_else(|| self.row_json(&e))));
             if found.rows.len() == limit {
                 found.next = (at + 1 < len).then_some(at as u32 + 1);
                 return Ok(found);

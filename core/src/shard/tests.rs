@@ -474,3 +474,151 @@ split = [{ set = { n = "1" } }, { set = { n = "event.n / 0" } }]
     assert_eq!((h.o.dead_total(), h.o.split), (3, 0));
     assert!(h.balanced());
 }
+
+mod snapshots {
+    //! Copy-on-write snapshot writing and lazy restore, shard by shard.
+
+    use super::*;
+    use crate::snapshot::{ShardSnapshot, SnapshotWriter, WriteOptions};
+
+    fn rec(k: &str, seq: u64, n: i64) -> String {
+        format!(r#"{{"k":"{k}","seq":{seq},"n":{n}}}"#)
+    }
+
+    fn feed(h: &mut Harness, recs: &[String]) {
+        let refs: Vec<&str> = recs.iter().map(String::as_str).collect();
+        h.feed(&refs);
+    }
+
+    /// Writes `h`'s snapshot copy-on-write while `during` is fed after the barrier,
+    /// the sweep having done `swept` entries first. Returns the file.
+    fn snapshot_while(
+        h: &mut Harness,
+        dir: &Path,
+        epoch: u64,
+        swept: usize,
+        during: &[String],
+    ) -> Arc<ShardSnapshot> {
+        h.epoch();
+        let set = SnapshotWriter::create(dir, epoch, 1, WriteOptions { fsync: false }).unwrap();
+        h.shard.begin_snapshot(set.shard(0).unwrap());
+        assert!(h.shard.snapshot_step(swept).is_none());
+        feed(h, during);
+        let job = h
+            .shard
+            .snapshot_step(usize::MAX)
+            .expect("the sweep completes");
+        assert!(!h.shard.snapshot_pending());
+        let info = job.finish().unwrap();
+        Arc::new(ShardSnapshot::open(&set.dir().join(info.file)).unwrap())
+    }
+
+    fn lazy_from(file: Arc<ShardSnapshot>) -> Harness {
+        let mut h = harness("");
+        h.shard.attach_base(file.clone());
+        for x in file.extras() {
+            h.shard.restore_held(&x).unwrap();
+        }
+        h.shard.finish_restore();
+        h
+    }
+
+    fn rows(h: &Harness, keys: &[String]) -> Vec<Option<String>> {
+        keys.iter()
+            .map(|k| h.shard.render_key(k.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_state_at_its_barrier_whatever_changes_during_the_sweep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut h = harness("");
+        let mut first: Vec<String> = (0..100).map(|i| rec(&format!("k{i}"), 1, i)).collect();
+        first.push(rec("k8", 3, 800)); // held: k8 waits for seq 2
+        feed(&mut h, &first);
+        let at_barrier: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let expected = rows(&h, &at_barrier);
+
+        // The sweep did k0..k9; k5 changes behind it, k50 and k99 ahead of it (copied
+        // first), `new` appears, k7 gets a held record: none of it is in the snapshot.
+        let during = [
+            rec("k5", 2, 1000),
+            rec("k50", 2, 1000),
+            rec("k99", 2, 1000),
+            rec("k50", 3, 1000),
+            rec("new", 1, 1),
+            rec("k7", 5, 1),
+        ];
+        let file = snapshot_while(&mut h, tmp.path(), 1, 10, &during);
+        assert_eq!((file.len(), file.extras().count()), (100, 1));
+
+        let mut r = lazy_from(file);
+        assert_eq!(r.shard.keys(), 100);
+        assert_eq!(r.shard.held(), 1);
+        assert_eq!(rows(&r, &at_barrier), expected);
+        assert_eq!(r.shard.render_key(b"new"), None);
+        // The held record came back: seq 2 releases it.
+        feed(&mut r, &[rec("k8", 2, 20)]);
+        assert_eq!(
+            r.shard.render_key(b"k8").unwrap(),
+            r#"{"key":"k8","version":3,"sum":828}"#
+        );
+        assert_eq!(r.shard.held(), 0);
+    }
+
+    #[test]
+    fn a_lazily_restored_shard_goes_on_like_the_original_and_its_next_snapshot_keeps_every_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut h = harness("");
+        feed(
+            &mut h,
+            &(0..300)
+                .map(|i| rec(&format!("k{i}"), 1, i))
+                .collect::<Vec<_>>(),
+        );
+        feed(&mut h, &[rec("k3", 3, 7)]); // held
+        let file = snapshot_while(&mut h, tmp.path(), 1, 0, &[]);
+        let mut r = lazy_from(file);
+
+        // The same records to both: some keys change, one appears, a held one is released.
+        let more: Vec<String> = [
+            rec("k1", 2, 5),
+            rec("k200", 2, 5),
+            rec("k3", 2, 1),
+            rec("fresh", 1, 9),
+            rec("k200", 3, 5),
+        ]
+        .into();
+        feed(&mut h, &more);
+        feed(&mut r, &more);
+        let mut keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        keys.push("fresh".into());
+        assert_eq!(rows(&r, &keys), rows(&h, &keys));
+        assert_eq!((r.shard.keys(), r.shard.held()), (301, 0));
+        assert_eq!(r.epoch().0.len(), 6, "one upsert per applied record");
+
+        // Scan positions: every key once, restored ones first.
+        let seen: Vec<String> = (0..r.shard.scan_len() as u32)
+            .filter_map(|at| r.shard.at_position(at))
+            .map(|e| String::from_utf8(e.key.as_bytes().to_vec()).unwrap())
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!((seen.len(), sorted.len()), (301, 301));
+
+        // Its snapshot, taken while more changes come: restored keys it never used are
+        // copied from the old file, the rest from its live map.
+        let during = [rec("k250", 2, 1), rec("k1", 3, 1), rec("later", 1, 1)];
+        let file2 = snapshot_while(&mut r, &tmp.path().join("b"), 2, 3, &during);
+        assert_eq!(file2.len(), 301);
+        let mut eager = harness("");
+        for e in file2.iter() {
+            eager
+                .shard
+                .restore_entry(crate::hash::stable_hash(e.key), e)
+                .unwrap();
+        }
+        assert_eq!(rows(&eager, &keys), rows(&h, &keys));
+    }
+}

@@ -259,6 +259,13 @@ impl ShardSnapshot {
     /// [`get`](Self::get) with the key's `hash::stable_hash` already known.
     #[inline]
     pub fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<EntryRef<'_>> {
+        self.get_numbered(hash, key).map(|(_, e)| e)
+    }
+
+    /// [`get_hashed`](Self::get_hashed), with the entry's number: its position in
+    /// [`iter`](Self::iter) (`0..len()`).
+    #[inline]
+    pub fn get_numbered(&self, hash: u64, key: &[u8]) -> Option<(u32, EntryRef<'_>)> {
         // hot path
         let body = self.body();
         let slots = body.index.as_slice();
@@ -276,7 +283,7 @@ impl ShardSnapshot {
                 && let Some(e) = self.entry(entry)
                 && e.key.as_slice() == key
             {
-                return Some(entry_ref(e));
+                return Some((entry, entry_ref(e)));
             }
             at = (at + 1) & mask;
         }
@@ -290,6 +297,25 @@ impl ShardSnapshot {
         chunks
             .get((i >> CHUNK_SHIFT) as usize)?
             .get((i & ((1 << CHUNK_SHIFT) - 1)) as usize)
+    }
+
+    /// Entry number `i` (`0..len()`), in [`iter`](Self::iter)'s order.
+    #[inline]
+    pub fn entry_at(&self, i: u32) -> Option<EntryRef<'_>> {
+        self.entry(i).map(entry_ref)
+    }
+
+    /// Lets the kernel drop this process's references to the mapped pages (they stay in
+    /// the page cache and fault back in when read): after the open's checks read the
+    /// whole file, the resident set then counts only the pages used since. No effect on
+    /// a copy held in memory.
+    pub fn release_pages(&self) {
+        if let Bytes::Map(m) = &self.bytes {
+            // SAFETY: the map is read-only and file-backed: dropped pages are read back
+            // from the file unchanged on the next access, so no reference into the map
+            // sees different bytes.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 
     /// Every entry, in the order they were written.
