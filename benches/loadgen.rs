@@ -16,6 +16,11 @@
 //!    the ratio pipeline / baseline, from runs interleaved with the pipeline's.
 //! 3. **Latency**: an open-loop producer appends `--rate` events/s (in 1 ms ticks) for
 //!    `--seconds` while the pipeline tails the log; HdrHistogram of append → commit.
+//!    With `--snapshot-every S`, twice side by side: without snapshots, then with
+//!    `[snapshot] every = "Ss"`; each time the pipeline first processes the whole
+//!    workload (`--accounts` keys of state) and restarts on it, so the snapshots written
+//!    during the measurement are of the full state (and, with snapshots, the restart
+//!    restores one).
 
 use std::collections::HashMap;
 
@@ -45,6 +50,8 @@ struct Args {
     seconds: u64,
     shards: usize,
     fsync: bool,
+    /// Seconds between snapshots in the latency phase (`None`: one phase, no snapshots).
+    snapshot_every: Option<u64>,
 }
 
 fn args() -> Args {
@@ -56,6 +63,7 @@ fn args() -> Args {
         seconds: 10,
         shards: 2,
         fsync: true,
+        snapshot_every: None,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes --bench; `cargo test --all-targets` does not: then this is a
@@ -83,6 +91,7 @@ fn args() -> Args {
                     seconds: 2,
                     shards: 2,
                     fsync: true,
+                    snapshot_every: None,
                 };
             }
             "--events" => a.events = val(),
@@ -92,14 +101,15 @@ fn args() -> Args {
             "--seconds" => a.seconds = val(),
             "--shards" => a.shards = val() as usize,
             "--no-fsync" => a.fsync = false,
+            "--snapshot-every" => a.snapshot_every = Some(val()),
             other => panic!("unknown argument {other}"),
         }
     }
     a
 }
 
-fn pipeline(dir: &Path, shards: usize, fsync: bool) -> Pipeline {
-    let src = include_str!("../examples/ledger/pipeline.toml")
+fn pipeline(dir: &Path, shards: usize, fsync: bool, snapshot_every: Option<u64>) -> Pipeline {
+    let mut src = include_str!("../examples/ledger/pipeline.toml")
         .replace("shards = 2", &format!("shards = {shards}"))
         .replace(
             "[pipeline]",
@@ -110,6 +120,9 @@ fn pipeline(dir: &Path, shards: usize, fsync: bool) -> Pipeline {
             },
         )
         .replace("load = \"events.jsonl\"", "");
+    if let Some(s) = snapshot_every {
+        src.push_str(&format!("\n[snapshot]\nevery = \"{s}s\"\n"));
+    }
     Pipeline::parse(&src, dir).expect("example pipeline is valid")
 }
 
@@ -151,8 +164,9 @@ fn run_pipeline(
     until_end: bool,
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    snapshot_every: Option<u64>,
 ) -> engine::RunSummary {
-    let p = pipeline(dir, shards, fsync);
+    let p = pipeline(dir, shards, fsync, snapshot_every);
     engine::run(
         &p,
         RunOptions {
@@ -253,6 +267,7 @@ fn main() {
             true,
             Arc::new(AtomicBool::new(false)),
             Arc::new(Stats::default()),
+            None,
         );
         assert!(s.stats.balanced(), "outcomes do not add up");
         assert_eq!(s.new_records, a.events);
@@ -280,7 +295,41 @@ fn main() {
     }
 
     // 3: open-loop latency while tailing.
+    match a.snapshot_every {
+        None => latency(&a, &lines, None, false),
+        Some(every) => {
+            latency(&a, &lines, None, true);
+            latency(&a, &lines, Some(every), true);
+        }
+    }
+}
+
+/// The open-loop latency phase; with `preload`, on the state of the whole workload.
+fn latency(a: &Args, lines: &[Vec<u8>], snapshot_every: Option<u64>, preload: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let mut restore = String::new();
+    if preload {
+        load_input(dir.path(), lines);
+        let s = run_pipeline(
+            dir.path(),
+            a.shards,
+            a.fsync,
+            true,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Stats::default()),
+            snapshot_every,
+        );
+        restore = format!(
+            "; state of {} keys{}",
+            s.keys,
+            if snapshot_every.is_some() {
+                ", snapshots on"
+            } else {
+                ", no snapshots"
+            }
+        );
+    }
+    // 3: open-loop latency while tailing.
     let mut w = LogWriter::open(
         &dir.path().join("data/input"),
         LogOptions {
@@ -300,7 +349,9 @@ fn main() {
             a.shards,
             a.fsync,
         );
-        std::thread::spawn(move || run_pipeline(&path, shards, fsync, false, stop, stats))
+        std::thread::spawn(move || {
+            run_pipeline(&path, shards, fsync, false, stop, stats, snapshot_every)
+        })
     };
     let started = Instant::now();
     let total = a.rate * a.seconds;
@@ -327,16 +378,26 @@ fn main() {
     let offered = sent as f64 / started.elapsed().as_secs_f64();
     // Let the last epoch commit, then stop.
     let drain = Instant::now();
-    while stats.committed_input.load(Ordering::Relaxed) < sent
+    let base = if preload { lines.len() as u64 } else { 0 };
+    while stats.committed_input.load(Ordering::Relaxed) < sent + base
         && drain.elapsed() < Duration::from_secs(30)
     {
         std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
     let s = engine.join().unwrap();
+    if let Some(epoch) = s.restored.epoch {
+        restore.push_str(&format!(
+            " (restart restored the snapshot of epoch {epoch} in {:.0} ms)",
+            s.restored.took.as_secs_f64() * 1e3
+        ));
+    }
+    if snapshot_every.is_some() {
+        restore.push_str(&format!("; {} snapshots written", s.snapshots_written));
+    }
     let lat = s.stats;
     println!(
-        "latency: offered {offered:.0} events/s for {} s, commit_interval 100ms: append->commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events); barrier->commit p99 {:.1} ms, max {:.1} ms",
+        "latency{restore}: offered {offered:.0} events/s for {} s, commit_interval 100ms: append->commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events); barrier->commit p99 {:.1} ms, max {:.1} ms",
         a.seconds,
         lat.latency_p50_us.unwrap_or(0) as f64 / 1e3,
         lat.latency_p99_us.unwrap_or(0) as f64 / 1e3,
