@@ -165,14 +165,19 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
     println!("onceflow: pipeline '{}' stopped after {:.2}s", p.name, secs);
     if let Some(epoch) = s.restored.epoch {
         println!(
-            "  snapshot  restored epoch {epoch}: {} keys{} in {}",
+            "  snapshot  restored epoch {epoch}: {} keys{} in {}{}",
             thousands(s.restored.keys),
             if s.restored.held > 0 {
                 format!(" and {} held records", thousands(s.restored.held))
             } else {
                 String::new()
             },
-            micros(s.restored.took.as_micros() as u64)
+            micros(s.restored.took.as_micros() as u64),
+            if s.restored.lazy {
+                " (mapped: keys are read from it on first use)"
+            } else {
+                ""
+            }
         );
     }
     for skipped in &s.restored.skipped {
@@ -281,8 +286,24 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
         thousands(s.keys as u64)
     );
     if s.snapshots_written > 0 {
+        let last = s
+            .last_snapshot
+            .map(|w| {
+                let secs = w.write_time.as_secs_f64().max(1e-9);
+                format!(
+                    "; the last (epoch {}): {} keys, {:.1} MiB, written in {:.2}s alongside processing ({:.0} MiB/s, {} keys/s), complete after {:.2}s",
+                    w.epoch,
+                    thousands(w.keys),
+                    w.bytes as f64 / (1 << 20) as f64,
+                    secs,
+                    w.bytes as f64 / (1 << 20) as f64 / secs,
+                    thousands((w.keys as f64 / secs) as u64),
+                    w.complete_time.as_secs_f64()
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  snapshot  wrote {} snapshot{} of the state",
+            "  snapshot  wrote {} snapshot{} of the state{last}",
             thousands(s.snapshots_written),
             plural(s.snapshots_written as usize)
         );

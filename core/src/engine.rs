@@ -31,7 +31,7 @@ use crate::snapshot::{ShardFileInfo, SnapshotWriter};
 use crate::stage::{Aggregate, Fold, Projections, Stage};
 use crate::stats::{Outcomes, Stats, StatsSnapshot};
 use snapshots::{Pending, Plan, Trigger};
-pub use snapshots::{Restored, fingerprint};
+pub use snapshots::{Restored, Written, fingerprint};
 
 /// Events per batch sent to a shard.
 pub const BATCH_EVENTS: usize = 256;
@@ -176,6 +176,8 @@ pub struct RunSummary {
     pub restored: Restored,
     /// Snapshots this run wrote.
     pub snapshots_written: u64,
+    /// The last of them.
+    pub last_snapshot: Option<snapshots::Written>,
     /// Why snapshots of this run failed (the pipeline went on without them).
     pub snapshot_errors: Vec<String>,
 }
@@ -596,6 +598,9 @@ pub fn run_with_stage<S: Stage>(
             snapshots_written: plan
                 .as_ref()
                 .map_or(0, |p| p.written.load(Ordering::Relaxed)),
+            last_snapshot: plan
+                .as_ref()
+                .and_then(|p| *p.last.lock().expect("snapshot info lock")),
             snapshot_errors: plan
                 .as_ref()
                 .map(|p| p.errors.lock().expect("snapshot errors lock").clone())

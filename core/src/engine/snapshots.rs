@@ -94,6 +94,8 @@ pub struct Plan {
     busy: AtomicBool,
     /// Snapshots completed by this run.
     pub written: AtomicU64,
+    /// The last one completed by this run.
+    pub last: Mutex<Option<Written>>,
     /// Why snapshots failed in this run (the pipeline goes on without them).
     pub errors: Mutex<Vec<String>>,
 }
@@ -108,6 +110,7 @@ impl Plan {
             fsync: p.fsync == crate::log::FsyncPolicy::EveryCommit,
             busy: AtomicBool::new(false),
             written: AtomicU64::new(0),
+            last: Mutex::new(None),
             errors: Mutex::new(Vec::new()),
         }))
     }
@@ -118,6 +121,21 @@ impl Plan {
             e.push(what);
         }
     }
+}
+
+/// A snapshot this run completed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Keys in it.
+    pub keys: u64,
+    /// Bytes of its shard files.
+    pub bytes: u64,
+    /// From its barrier to its last shard file written (the shards kept processing).
+    pub write_time: Duration,
+    /// From its barrier to its manifest (it also waits for its epoch's commit).
+    pub complete_time: Duration,
 }
 
 /// The router's view: is a snapshot due at this barrier?
@@ -187,6 +205,8 @@ pub fn start(
         })
         .collect();
     let pending = Pending {
+        started: Instant::now(),
+        written_at: None,
         plan: plan.clone(),
         writer: Some(writer.clone()),
         epoch,
@@ -202,6 +222,9 @@ pub fn start(
 /// A snapshot being written, held by the committer.
 #[derive(Debug)]
 pub struct Pending {
+    started: Instant,
+    /// When the last shard file was written.
+    written_at: Option<Duration>,
     plan: Arc<Plan>,
     writer: Option<Arc<SnapshotWriter>>,
     epoch: u64,
@@ -216,6 +239,9 @@ impl Pending {
     /// A shard's file is written (or failed).
     pub fn shard_done(&mut self, result: Result<ShardFileInfo, String>) {
         self.answers += 1;
+        if self.answers == self.shards {
+            self.written_at = Some(self.started.elapsed());
+        }
         match result {
             Ok(f) => self.files.push(f),
             Err(e) => {
@@ -231,6 +257,10 @@ impl Pending {
             return false;
         }
         let plan = self.plan.clone();
+        let (keys, bytes) = self
+            .files
+            .iter()
+            .fold((0, 0), |(k, b), f| (k + f.keys, b + f.bytes));
         let writer = self.writer.take().and_then(|w| Arc::try_unwrap(w).ok());
         let result = match (self.error.take(), writer) {
             (Some(e), _) => Err(e),
@@ -247,6 +277,13 @@ impl Pending {
         match result {
             Ok(()) => {
                 plan.written.fetch_add(1, Ordering::Relaxed);
+                *plan.last.lock().expect("snapshot info lock") = Some(Written {
+                    epoch: self.epoch,
+                    keys,
+                    bytes,
+                    write_time: self.written_at.unwrap_or_default(),
+                    complete_time: self.started.elapsed(),
+                });
                 if let Err(e) =
                     crate::snapshot::retain(&plan.cfg.dir, plan.cfg.keep, committed_epoch)
                 {
@@ -396,7 +433,9 @@ pub fn restore<S: Stage>(
                 restored.held += 1;
             }
             // The open's checks read every page; from here on only used ones count.
-            file.release_pages();
+            if std::env::var_os("ONCEFLOW_SNAPSHOT_RELEASE").is_some() {
+                file.release_pages();
+            }
         }
         restored.lazy = true;
     } else {
