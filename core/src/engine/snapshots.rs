@@ -433,9 +433,7 @@ pub fn restore<S: Stage>(
                 restored.held += 1;
             }
             // The open's checks read every page; from here on only used ones count.
-            if std::env::var_os("ONCEFLOW_SNAPSHOT_RELEASE").is_some() {
-                file.release_pages();
-            }
+            file.release_pages();
         }
         restored.lazy = true;
     } else {
