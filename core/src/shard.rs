@@ -807,5 +807,6 @@ pub(crate) fn dead_letter(
 
 mod query;
 mod snapshot;
+mod temporal;
 #[cfg(test)]
 mod tests;
