@@ -108,7 +108,12 @@ fn provenance(ks: &KeyState) -> String {
         if ks.replayed == 1 { "" } else { "s" },
         thousands(ks.key_records)
     ));
-    s.push_str(&format!("  reached   {}\n", positions(ks)));
+    s.push_str(&format!("  reached   {}\n", positions(ks, false)));
+    s.push_str(&format!(
+        "  committed {} (epoch {})\n",
+        positions(ks, true),
+        ks.committed_epoch
+    ));
     if ks.held > 0 {
         s.push_str(&format!(
             "note: {} record{} of this key wait{} for a sequence gap to close (not in the state)\n",
@@ -126,28 +131,22 @@ fn provenance(ks: &KeyState) -> String {
     s
 }
 
-/// `commands 0:7 1:8 2:5 3:9`, one group per source, marking partitions short of the
-/// last commit: `2:5/9`.
-fn positions(ks: &KeyState) -> String {
+/// `commands 0:7 1:8 2:5 3:9`: per source, each partition's offset (`reached`, or the
+/// last commit's).
+fn positions(ks: &KeyState, committed: bool) -> String {
     let mut out = String::new();
     let mut source = None;
     for p in &ks.positions {
         if source != Some(&p.source) {
             if source.is_some() {
-                out.push_str(", ");
+                out.push(',');
             }
             out.push_str(&p.source);
             source = Some(&p.source);
         }
-        out.push_str(&format!(" {}:{}", p.partition, p.reached));
-        if p.reached != p.committed {
-            out.push_str(&format!("/{}", p.committed));
-        }
+        let offset = if committed { p.committed } else { p.reached };
+        out.push_str(&format!(" {}:{offset}", p.partition));
     }
-    out.push_str(&format!(
-        " (PARTITION:OFFSET[/last commit's offset]; last commit: epoch {})",
-        ks.committed_epoch
-    ));
     out
 }
 
