@@ -3,6 +3,7 @@
 mod log_cmd;
 mod run_cmd;
 mod snapshot_cmd;
+mod state_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: snapshot_cmd::SnapshotCmd,
     },
+    /// One key's state as of a past point: nearest older snapshot plus replay (read only)
+    State(state_cmd::StateArgs),
     /// Generate a deterministic workload as JSON lines on stdout
     Gen {
         #[command(subcommand)]
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Cmd::Validate { pipeline } => run_cmd::validate(&pipeline),
         Cmd::Log { cmd } => log_cmd::main(cmd),
         Cmd::Snapshot { cmd } => snapshot_cmd::main(cmd),
+        Cmd::State(args) => state_cmd::main(args),
         Cmd::Gen { cmd } => {
             let (params, write): (_, GenFn) = match cmd {
                 GenCmd::Bank {

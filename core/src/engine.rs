@@ -38,7 +38,7 @@ pub const BATCH_EVENTS: usize = 256;
 /// Batches in flight per shard (the backpressure bound).
 const SHARD_QUEUE: usize = 64;
 /// Records read from one partition per pass.
-const READ_CHUNK: usize = 4096;
+pub(crate) const READ_CHUNK: usize = 4096;
 /// How often an idle router looks for new committed input.
 const IDLE_POLL: Duration = Duration::from_micros(250);
 /// Keys an idle shard renders ahead of the barrier before it looks at its queue again.

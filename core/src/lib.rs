@@ -22,5 +22,6 @@ pub mod shard;
 pub mod snapshot;
 pub mod stage;
 pub mod stats;
+pub mod temporal;
 pub mod upcast;
 pub mod workload;

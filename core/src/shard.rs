@@ -856,6 +856,7 @@ pub(crate) fn dead_letter(
 
 mod query;
 mod snapshot;
+mod temporal;
 pub use snapshot::SnapshotJob;
 #[cfg(test)]
 mod tests;

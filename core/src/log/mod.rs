@@ -23,6 +23,7 @@
 //! once [`Txn::commit`] returns `Ok`. Readers may observe a commit slightly earlier
 //! (as soon as its marker has been written, before the final `fdatasync`).
 
+mod commits;
 pub mod format;
 mod journal;
 mod reader;
@@ -33,6 +34,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use commits::{Commits, read_commits};
 pub use reader::{Cursor, LogReader, RecordBuf, RecordRef, list_topics};
 pub use writer::{LogWriter, RecoveryReport, Txn};
 
