@@ -80,6 +80,19 @@ fn plural(n: usize) -> &'static str {
 }
 
 pub fn run(path: &Path, until_end: bool, quiet: bool) -> ExitCode {
+    // A testing aid (docs/operations.md): a misspelt point must not pass for a run
+    // that did not crash.
+    match onceflow_core::fault::init() {
+        Ok(None) => {}
+        Ok(Some(f)) => eprintln!(
+            "onceflow: {}={f}: this run SIGKILLs itself at that fault point",
+            onceflow_core::fault::ENV
+        ),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let p = match Pipeline::load(path) {
         Ok(p) => p,
         Err(e) => {

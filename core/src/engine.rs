@@ -719,6 +719,7 @@ fn route_loop(
                 }
                 if replaying {
                     stats.replayed.fetch_add(got as u64, Ordering::Relaxed);
+                    crate::fault::point(crate::fault::REPLAY_BATCH);
                 } else {
                     epoch_records += got as u64;
                 }
