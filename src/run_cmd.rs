@@ -183,10 +183,13 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
     for skipped in &s.restored.skipped {
         println!("  snapshot  not used: {skipped}");
     }
-    if st.replayed > 0 {
+    // The held records a snapshot put back count as replayed (Stats::restored_held);
+    // the line above names them.
+    let replayed = st.replayed.saturating_sub(s.restored.held);
+    if replayed > 0 {
         println!(
             "  recovery  replayed {} committed records in {:.2}s with outputs suppressed",
-            thousands(st.replayed),
+            thousands(replayed),
             s.recovery.as_secs_f64()
         );
     }

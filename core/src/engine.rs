@@ -440,6 +440,7 @@ pub fn run_with_stage<S: Stage>(
         match snapshots::restore(plan, committed_epoch, &names, &mut cores) {
             Ok((starts, r)) => {
                 restored = r;
+                stats.restored_held(restored.held);
                 for (inp, &start) in inputs.iter_mut().zip(&starts) {
                     if start > inp.replay_to {
                         return Err(EngineError::Incompatible(format!(
