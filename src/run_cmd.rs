@@ -80,6 +80,19 @@ fn plural(n: usize) -> &'static str {
 }
 
 pub fn run(path: &Path, until_end: bool, quiet: bool, rebuild: bool) -> ExitCode {
+    // A testing aid (docs/operations.md): a misspelt point must not pass for a run
+    // that did not crash.
+    match onceflow_core::fault::init() {
+        Ok(None) => {}
+        Ok(Some(f)) => eprintln!(
+            "onceflow: {}={f}: this run SIGKILLs itself at that fault point",
+            onceflow_core::fault::ENV
+        ),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let p = match Pipeline::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -183,10 +196,13 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
     for skipped in &s.restored.skipped {
         println!("  snapshot  not used: {skipped}");
     }
-    if st.replayed > 0 {
+    // The held records a snapshot put back count as replayed (Stats::restored_held);
+    // the line above names them.
+    let replayed = st.replayed.saturating_sub(s.restored.held);
+    if replayed > 0 {
         println!(
             "  recovery  replayed {} committed records in {:.2}s with outputs suppressed",
-            thousands(st.replayed),
+            thousands(replayed),
             s.recovery.as_secs_f64()
         );
     }

@@ -470,6 +470,7 @@ pub fn run_with_stage<S: Stage>(
         match snapshots::restore(plan, committed_epoch, &names, &mut cores, opts.rebuild)? {
             Ok((starts, r)) => {
                 restored = r;
+                stats.restored_held(restored.held);
                 for (inp, &start) in inputs.iter_mut().zip(&starts) {
                     if start > inp.replay_to {
                         return Err(EngineError::Incompatible(format!(
@@ -757,6 +758,7 @@ fn route_loop(
                 }
                 if replaying {
                     stats.replayed.fetch_add(got as u64, Ordering::Relaxed);
+                    crate::fault::point(crate::fault::REPLAY_BATCH);
                 } else {
                     epoch_records += got as u64;
                 }

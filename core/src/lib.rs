@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod expr;
+pub mod fault;
 pub mod hash;
 pub mod log;
 pub mod query;

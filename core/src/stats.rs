@@ -123,9 +123,11 @@ impl Outcomes {
 /// Engine-wide counters.
 #[derive(Debug)]
 pub struct Stats {
-    /// Records read from the sources (replayed ones included).
+    /// Records read from the sources (replayed ones included, and the held records a
+    /// snapshot put back: see [`Stats::restored_held`]).
     pub read: AtomicU64,
-    /// Of those, records replayed with outputs suppressed during recovery.
+    /// Of those, records replayed with outputs suppressed during recovery (and the held
+    /// records a snapshot put back).
     pub replayed: AtomicU64,
     /// Records applied to state.
     pub processed: AtomicU64,
@@ -198,6 +200,19 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Counts `n` held records a snapshot put back into the reorder buffers as a replay
+    /// from offset 0 would have counted them: read (by recovery, so replayed and not
+    /// new) and held. Without this, releasing them later counts them as processed in a
+    /// run that never read them, and `read = processed + duplicates + dead + held` fails.
+    pub fn restored_held(&self, n: u64) {
+        self.add(&Outcomes {
+            read: n,
+            held_delta: n as i64,
+            ..Outcomes::default()
+        });
+        self.replayed.fetch_add(n, Relaxed);
+    }
+
     /// Adds a batch's outcomes.
     pub fn add(&self, o: &Outcomes) {
         if o.read > 0 {

@@ -509,6 +509,7 @@ pub(crate) fn write_atomic(
             .map_err(|e| SnapshotError::io(&tmp, "fsync", e))?;
     }
     drop(f);
+    crate::fault::point(crate::fault::SNAPSHOT_MANIFEST_BEFORE_RENAME); // only manifests use write_atomic
     fs::rename(&tmp, &fin).map_err(|e| SnapshotError::io(&fin, "rename into place", e))?;
     if fsync {
         fsync_dir(dir)?;

@@ -267,6 +267,7 @@ pub fn retain(root: &Path, keep: usize, committed_epoch: u64) -> Result<Retentio
             fs::remove_dir_all(&d.path)
                 .map_err(|e| SnapshotError::io(&d.path, "remove snapshot", e))?;
             report.removed.push(d.path.clone());
+            crate::fault::point(crate::fault::SNAPSHOT_RETAIN);
         } else if inputs[i].usable {
             report.kept.push(d.epoch);
         }

@@ -162,6 +162,7 @@ impl SnapshotWriter {
         if self.options.fsync {
             format::fsync_dir(&self.root)?;
         }
+        crate::fault::point(crate::fault::SNAPSHOT_MANIFEST_AFTER_RENAME);
         Ok(manifest)
     }
 }
@@ -348,6 +349,7 @@ impl ShardWriter {
             seq,
         });
         self.hashes.push(hash);
+        crate::fault::point(crate::fault::SNAPSHOT_SHARD_WRITE);
         if self.chunk.len() == 1 << CHUNK_SHIFT {
             self.flush_chunk()?;
         }
@@ -490,8 +492,10 @@ impl ShardWriter {
                 .map_err(|e| SnapshotError::io(&self.tmp, "fsync", e))?;
         }
         drop(file);
+        crate::fault::point(crate::fault::SNAPSHOT_SHARD_BEFORE_RENAME);
         fs::rename(&self.tmp, &self.path)
             .map_err(|e| SnapshotError::io(&self.path, "rename into place", e))?;
+        crate::fault::point(crate::fault::SNAPSHOT_SHARD_AFTER_RENAME);
         self.finished = true;
         if self.fsync {
             format::fsync_dir(&self.dir)?;
