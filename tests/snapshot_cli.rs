@@ -685,4 +685,21 @@ fn a_changed_pipeline_refuses_its_old_snapshot_until_rebuild() {
     // A restart now restores the snapshot written under the new definition.
     let again = run_until_end(&changed);
     assert!(again.contains("snapshot  restored epoch"), "{again}");
+
+    // Another pipeline's snapshots (here: the same file renamed) are not refused, only
+    // passed over with the reason: they were never this pipeline's state.
+    let text = std::fs::read_to_string(&changed).unwrap();
+    std::fs::write(
+        &changed,
+        text.replace("name = \"bank-test\"", "name = \"other\""),
+    )
+    .unwrap();
+    let other = run_until_end(&changed);
+    assert!(!other.contains("snapshot  restored"), "{other}");
+    assert!(
+        other.contains(
+            "belongs to another pipeline: differs in pipeline (snapshot: bank-test, now: other)"
+        ),
+        "{other}"
+    );
 }

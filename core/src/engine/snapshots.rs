@@ -16,7 +16,7 @@ use crate::config::{Pipeline, RestoreMode, SnapshotConfig};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
 use crate::shard::{InputNames, ShardCore};
 use crate::snapshot::{
-    Fingerprint, InputOffset, ShardFileInfo, SkipReason, SnapshotError, SnapshotWriter,
+    Fingerprint, InputOffset, ShardFileInfo, SkipReason, Skipped, SnapshotError, SnapshotWriter,
     WriteOptions,
 };
 use crate::stage::Stage;
@@ -33,6 +33,7 @@ pub fn fingerprint(p: &Pipeline) -> Fingerprint {
         .collect();
     let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(",");
     let mut f = Fingerprint::new()
+        .with(PIPELINE_NAME, &p.name)
         .with("sources", sources.join(","))
         .with("key", format!("{:?}", p.key))
         .with(
@@ -83,6 +84,12 @@ pub fn fingerprint(p: &Pipeline) -> Fingerprint {
     }
     f
 }
+
+/// The fingerprint component naming the pipeline: a snapshot that differs there belongs
+/// to another pipeline (a copied or shared directory) and is skipped; one that differs
+/// only elsewhere was written by an earlier definition of this pipeline and refuses the
+/// run until `--rebuild`.
+const PIPELINE_NAME: &str = "pipeline";
 
 /// Snapshot settings of one run, shared by the router, the shards and the committer.
 #[derive(Debug)]
@@ -343,11 +350,23 @@ pub fn restore<S: Stage>(
             return Ok(Ok((zero, restored)));
         }
     };
-    // Every skipped snapshot is newer than the chosen one (`select` stops there).
-    let foreign = selection.skipped.iter().filter_map(|s| match &s.reason {
-        SkipReason::Invalid(SnapshotError::ForeignPipeline { changes, .. }) => Some((s, changes)),
-        _ => None,
-    });
+    // Every skipped snapshot is newer than the chosen one (`select` stops there). Those
+    // of an earlier definition of this pipeline refuse the run (or go, to rebuild);
+    // those of another pipeline are only reported, like damaged ones.
+    fn changed(s: &Skipped) -> Option<&Vec<crate::snapshot::FingerprintChange>> {
+        match &s.reason {
+            SkipReason::Invalid(SnapshotError::ForeignPipeline { changes, .. })
+                if !changes.iter().any(|c| c.component == PIPELINE_NAME) =>
+            {
+                Some(changes)
+            }
+            _ => None,
+        }
+    }
+    let foreign = selection
+        .skipped
+        .iter()
+        .filter_map(|s| changed(s).map(|c| (s, c)));
     for (s, changes) in foreign {
         if !rebuild {
             return Err(EngineError::ForeignSnapshot {
@@ -371,10 +390,7 @@ pub fn restore<S: Stage>(
         ));
     }
     for s in &selection.skipped {
-        if matches!(
-            s.reason,
-            SkipReason::Invalid(SnapshotError::ForeignPipeline { .. })
-        ) {
+        if changed(s).is_some() {
             continue;
         }
         let why = match &s.reason {
