@@ -776,6 +776,7 @@ fn route_loop(
                 b.replay = false;
             }
             recovery = started.elapsed();
+            trigger.replayed(stats.replayed.load(Ordering::Relaxed));
             deadline = Instant::now() + p.commit_interval;
             continue;
         }

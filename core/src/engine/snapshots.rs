@@ -163,6 +163,13 @@ impl Trigger {
         }
     }
 
+    /// Recovery replayed `records`: they count toward `every_records` (and the time
+    /// spent toward `every`), so a long replay is followed by a snapshot at the first
+    /// barrier and the next restart does not replay it all again.
+    pub fn replayed(&mut self, records: u64) {
+        self.records += records;
+    }
+
     /// Called at each barrier the router cuts, with the epoch's records; true when a
     /// snapshot should be written at this barrier (and none is being written).
     pub fn due(&mut self, plan: &Plan, epoch_records: u64) -> bool {
