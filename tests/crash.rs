@@ -44,6 +44,21 @@ fn reference(lines: &[String]) -> BTreeMap<String, (i64, u64, BTreeSet<u64>)> {
     acc
 }
 
+/// Inserts a malformed record, one without a key and one with a bad sequence number;
+/// the `i`-th at `at(i)`.
+fn insert_bad_records(lines: &mut Vec<String>, at: impl Fn(usize) -> usize) {
+    for (i, bad) in [
+        "{broken",
+        r#"{"seq":1,"amount":5}"#,
+        r#"{"account":"ACC-0000001","seq":"x","amount":5}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        lines.insert(at(i), bad.to_string());
+    }
+}
+
 fn append(dir: &std::path::Path, lines: &[String]) {
     let mut child = bin()
         .args(["log", "append"])
@@ -154,16 +169,7 @@ fn ledger_crashes(extra: &str) -> String {
         .map(str::to_string)
         .collect();
     // A few records that must be dead-lettered exactly once, whatever the crashes.
-    for (i, bad) in [
-        "{broken",
-        r#"{"seq":1,"amount":5}"#,
-        r#"{"account":"ACC-0000001","seq":"x","amount":5}"#,
-    ]
-    .iter()
-    .enumerate()
-    {
-        lines.insert(10_000 + i * 30_000, bad.to_string());
-    }
+    insert_bad_records(&mut lines, |i| 10_000 + i * 30_000);
     let chunks: Vec<&[String]> = lines.chunks(lines.len() / 8 + 1).collect();
 
     append(dir.path(), chunks[0]);
@@ -490,16 +496,7 @@ impl Workload {
             );
             // Records to dead-letter exactly once, whatever the crashes.
             let n = lines.len();
-            for (i, bad) in [
-                "{broken",
-                r#"{"seq":1,"amount":5}"#,
-                r#"{"account":"ACC-0000001","seq":"x","amount":5}"#,
-            ]
-            .iter()
-            .enumerate()
-            {
-                lines.insert(n / 10 + i * n / 4, bad.to_string());
-            }
+            insert_bad_records(&mut lines, |i| n / 10 + i * n / 4);
             let tail = lines.split_off(lines.len() - tail);
             WorkInput { body: lines, tail }
         })
