@@ -159,7 +159,7 @@ pub struct ShardCore<S: Stage> {
     cfg: ShardSettings,
     inputs: InputNames,
     table: HashTable<u32>,
-    entries: Vec<KeyEntry<S::State>>,
+    entries: slab::Slab<KeyEntry<S::State>>,
     /// Early records by entry index; kept out of the entries so they stay small.
     held: hashbrown::HashMap<u32, Vec<Held>>,
     held_total: usize,
@@ -204,7 +204,7 @@ impl<S: Stage> ShardCore<S> {
             cfg,
             inputs,
             table: HashTable::new(),
-            entries: Vec::new(),
+            entries: slab::Slab::new(),
             held: hashbrown::HashMap::new(),
             held_total: 0,
             expiry: (0..n).map(|_| VecDeque::new()).collect(),
@@ -640,7 +640,7 @@ impl<S: Stage> ShardCore<S> {
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // Once in 2^32 epochs: forget every render stamp so none can match by wrapping.
-            for e in &mut self.entries {
+            for e in self.entries.iter_mut() {
                 e.rendered_gen = 0;
             }
             self.generation = 1;
@@ -855,6 +855,7 @@ pub(crate) fn dead_letter(
 }
 
 mod query;
+mod slab;
 mod snapshot;
 mod temporal;
 pub use snapshot::SnapshotJob;
