@@ -20,9 +20,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use crate::batch::{EventBatch, OutBuf};
 use crate::commit::{Assembler, Epoch, RouterPart};
 use crate::config::Pipeline;
-use crate::log::{
-    CommitMarker, Cursor, LogError, LogOptions, LogReader, LogWriter, RecordBuf, TopicId,
-};
+use crate::input::{InputError, LogInput, SourceInput};
+use crate::log::{CommitMarker, LogError, LogOptions, LogReader, LogWriter, RecordBuf, TopicId};
 use crate::query::ReadHandle;
 use crate::query::request::{Request, ShardQuery, take_requests};
 use crate::router::Router;
@@ -71,6 +70,9 @@ pub enum EngineError {
         /// Topic.
         topic: String,
     },
+    /// A source could not be read.
+    #[error("reading a source: {0}")]
+    Input(#[from] InputError),
     /// The state log was written with a different view layout.
     #[error("{0}")]
     Incompatible(String),
@@ -304,7 +306,6 @@ fn run_stage_of(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineErro
 struct Input {
     source: usize,
     partition: u32,
-    cursor: Cursor,
     replay_to: u64,
     end_at_start: u64,
 }
@@ -392,12 +393,12 @@ pub fn run_with_stage<S: Stage>(
     };
 
     // Sources and the committed offsets to replay up to.
-    let mut readers = Vec::new();
+    let mut sources: Vec<Box<dyn SourceInput>> = Vec::new();
     let mut inputs = Vec::new();
     let mut names = Vec::new();
     for (si, s) in p.sources.iter().enumerate() {
-        let reader = match LogReader::open(&s.path, &s.topic) {
-            Ok(r) => r,
+        let source: Box<dyn SourceInput> = match LogReader::open(&s.path, &s.topic) {
+            Ok(r) => Box::new(LogInput::new(r)?),
             Err(LogError::NoSuchTopic { .. } | LogError::NotALog { .. }) => {
                 return Err(EngineError::SourceMissing {
                     source_name: s.name.clone(),
@@ -408,13 +409,13 @@ pub fn run_with_stage<S: Stage>(
             Err(e) => return Err(e.into()),
         };
         let committed = writer.committed_inputs(&s.name);
-        for part in 0..reader.partitions() {
+        for part in source.partitions() {
             let c = committed
                 .iter()
                 .find(|(q, _)| *q == part)
                 .map(|(_, o)| *o)
                 .unwrap_or(0);
-            let end = reader.committed_end(part);
+            let end = source.committed_end(part);
             if c > end {
                 return Err(EngineError::Incompatible(format!(
                     "source '{}' partition {part}: the state log says offsets up to {c} were consumed, but the log at {} ends at {end}; \
@@ -427,13 +428,12 @@ pub fn run_with_stage<S: Stage>(
             inputs.push(Input {
                 source: si,
                 partition: part,
-                cursor: reader.cursor(part, 0)?,
                 replay_to: c,
                 end_at_start: end,
             });
             names.push((s.name.clone(), part));
         }
-        readers.push(reader);
+        sources.push(source);
     }
     let names: InputNames = Arc::new(names);
     stats
@@ -485,7 +485,7 @@ pub fn run_with_stage<S: Stage>(
                                 .unwrap_or_default()
                         )));
                     }
-                    inp.cursor = readers[inp.source].cursor(inp.partition, start)?;
+                    sources[inp.source].seek(inp.partition, start)?;
                 }
             }
             Err((mut r, why)) => {
@@ -555,7 +555,7 @@ pub fn run_with_stage<S: Stage>(
             p,
             plan.as_ref(),
             &mut router,
-            &mut readers,
+            &mut sources,
             &mut inputs,
             &mut epoch,
             &shard_txs,
@@ -636,7 +636,7 @@ fn route_loop(
     p: &Pipeline,
     plan: Option<&Arc<Plan>>,
     router: &mut Router,
-    readers: &mut [LogReader],
+    sources: &mut [Box<dyn SourceInput>],
     inputs: &mut [Input],
     epoch: &mut u64,
     shard_txs: &[Sender<ShardMsg>],
@@ -652,7 +652,8 @@ fn route_loop(
     let started = Instant::now();
     let mut recovery = Duration::ZERO;
     // With a snapshot, inputs start at its offsets: replay from there up to the commit.
-    let mut replaying = inputs.iter().any(|i| i.replay_to > i.cursor.position());
+    let pos = |sources: &[Box<dyn SourceInput>], i: &Input| sources[i.source].position(i.partition);
+    let mut replaying = inputs.iter().any(|i| i.replay_to > pos(sources, i));
     let mut batches: Vec<EventBatch> = (0..n).map(|_| take_batch(pool, replaying)).collect();
     let mut buf = RecordBuf::new();
     let mut dead = OutBuf::default();
@@ -685,11 +686,11 @@ fn route_loop(
                 .is_some_and(|d| d.load(Ordering::Relaxed))
         {
             // Catch up with what is committed now, then stop.
-            for r in readers.iter_mut() {
+            for r in sources.iter_mut() {
                 r.refresh()?;
             }
             for i in inputs.iter_mut() {
-                i.end_at_start = readers[i.source].committed_end(i.partition);
+                i.end_at_start = sources[i.source].committed_end(i.partition);
             }
             until_end = true;
         }
@@ -704,8 +705,8 @@ fn route_loop(
         let mut progressed = false;
         if !stopping {
             for (idx, inp) in inputs.iter_mut().enumerate() {
-                let reader = &readers[inp.source];
-                let pos = inp.cursor.position();
+                let source = &mut sources[inp.source];
+                let pos = source.position(inp.partition);
                 let limit = if replaying {
                     inp.replay_to - pos
                 } else if until_end {
@@ -717,9 +718,7 @@ fn route_loop(
                     continue;
                 }
                 buf.clear();
-                let got = inp
-                    .cursor
-                    .read(reader, READ_CHUNK.min(limit as usize), &mut buf)?;
+                let got = source.read(inp.partition, READ_CHUNK.min(limit as usize), &mut buf)?;
                 if got == 0 {
                     continue;
                 }
@@ -767,7 +766,7 @@ fn route_loop(
             }
         }
 
-        if replaying && inputs.iter().all(|i| i.cursor.position() >= i.replay_to) {
+        if replaying && inputs.iter().all(|i| pos(sources, i) >= i.replay_to) {
             if !flush(&mut batches, true) {
                 return Ok(recovery);
             }
@@ -788,14 +787,14 @@ fn route_loop(
             continue;
         }
 
-        let done = until_end && inputs.iter().all(|i| i.cursor.position() >= i.end_at_start);
+        let done = until_end && inputs.iter().all(|i| pos(sources, i) >= i.end_at_start);
         let now = Instant::now();
         if stopping || done || now >= deadline {
             if epoch_records > 0 || !dead.is_empty() {
                 if !flush(&mut batches, false) {
                     return Ok(recovery);
                 }
-                let positions: Vec<u64> = inputs.iter().map(|i| i.cursor.position()).collect();
+                let positions: Vec<u64> = inputs.iter().map(|i| pos(sources, i)).collect();
                 // A snapshot at this barrier? Its writer goes to the shards with the
                 // barrier; the committer completes it once the epoch is committed.
                 let mut snapshot = None;
@@ -858,19 +857,19 @@ fn route_loop(
 
         if !progressed {
             if now.duration_since(last_refresh) >= IDLE_POLL {
-                for r in readers.iter_mut() {
+                for r in sources.iter_mut() {
                     r.refresh()?;
                 }
                 let end: u64 = inputs
                     .iter()
-                    .map(|i| readers[i.source].committed_end(i.partition))
+                    .map(|i| sources[i.source].committed_end(i.partition))
                     .sum();
                 stats.source_end.store(end, Ordering::Relaxed);
                 last_refresh = now;
             }
             let more = inputs.iter().any(|i| {
-                let end = readers[i.source].committed_end(i.partition);
-                i.cursor.position()
+                let end = sources[i.source].committed_end(i.partition);
+                pos(sources, i)
                     < if until_end {
                         i.end_at_start.min(end)
                     } else {

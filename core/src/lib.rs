@@ -16,6 +16,7 @@ pub mod engine;
 pub mod expr;
 pub mod fault;
 pub mod hash;
+pub mod input;
 pub mod log;
 pub mod query;
 pub mod router;
