@@ -1,9 +1,13 @@
-//! Unit tests without a broker: configuration checks.
+//! Unit tests without a broker: configuration checks and the error state machine.
 //! (Tests against a broker: `connectors/tests/kafka_broker.rs`.)
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+use rdkafka::types::RDKafkaConfRes;
+
 use super::config::{KafkaConnection, KafkaConnectionConfig, TopicConfig, check_commit_interval};
+use super::errors::*;
 
 fn conn(toml_text: &str) -> KafkaConnectionConfig {
     toml::from_str(toml_text).unwrap()
@@ -255,4 +259,424 @@ properties = { "transaction.timeout.ms" = 1000 }"#,
     .unwrap();
     assert!(check_commit_interval(Duration::from_millis(999), &short, "x").is_ok());
     assert!(check_commit_interval(Duration::from_millis(1000), &short, "x").is_err());
+}
+
+// ---- error state machine ----
+
+const POLICY: RetryPolicy = RetryPolicy {
+    initial_backoff: Duration::from_millis(100),
+    max_backoff: Duration::from_secs(2),
+    max_attempts: 5,
+};
+
+/// Facts of a transactional API error with the given flags.
+fn txn(code: C, fatal: bool, retriable: bool, abort: bool) -> ErrorFacts {
+    ErrorFacts {
+        origin: ErrorOrigin::Transactional,
+        code: Some(code),
+        fatal,
+        retriable,
+        txn_requires_abort: abort,
+        fatal_cause: None,
+    }
+}
+
+fn new_producer(r: NewProducerReason) -> Decision {
+    Decision::NewProducerAndRecover(r)
+}
+
+#[test]
+fn backoff_doubles_from_the_initial_value_up_to_the_cap() {
+    let got: Vec<u64> = (1..=8)
+        .map(|r| POLICY.backoff(r).as_millis() as u64)
+        .collect();
+    assert_eq!(got, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+    // No overflow however large the retry number.
+    assert_eq!(POLICY.backoff(u32::MAX), Duration::from_secs(2));
+    assert_eq!(POLICY.backoff(0), Duration::from_millis(100));
+}
+
+#[test]
+fn retriable_errors_are_retried_with_backoff_until_the_budget_is_spent() {
+    let e = txn(C::OperationTimedOut, false, true, false);
+    for op in TxnOp::ALL {
+        if op == TxnOp::Poll {
+            continue; // delivery failures are never retried: librdkafka already did
+        }
+        for failures in 1..POLICY.max_attempts {
+            assert_eq!(
+                decide(op, &e, failures, &POLICY),
+                Decision::RetryAfter {
+                    backoff: POLICY.backoff(failures),
+                    retry: failures
+                },
+                "{op:?} failure {failures}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_spent_retry_budget_aborts_or_replaces_the_producer_by_operation() {
+    let e = txn(C::OperationTimedOut, false, true, false);
+    let spent = POLICY.max_attempts;
+    let expect = |op| match op {
+        TxnOp::Begin | TxnOp::Produce | TxnOp::SendOffsets => {
+            Decision::AbortAndRecover(AbortReason::RetriesExhausted)
+        }
+        TxnOp::Poll => Decision::AbortAndRecover(AbortReason::DeliveryFailed),
+        TxnOp::Commit => new_producer(NewProducerReason::UnknownCommitOutcome),
+        TxnOp::Abort => new_producer(NewProducerReason::UnknownAbortOutcome),
+        TxnOp::InitTransactions => new_producer(NewProducerReason::InitFailed),
+    };
+    for op in TxnOp::ALL {
+        assert_eq!(decide(op, &e, spent, &POLICY), expect(op), "{op:?}");
+        assert_eq!(decide(op, &e, spent + 7, &POLICY), expect(op), "{op:?}");
+    }
+}
+
+#[test]
+fn a_commit_that_timed_out_is_retried_then_its_outcome_is_unknown() {
+    let e = txn(C::OperationTimedOut, false, true, false);
+    assert!(matches!(
+        decide(TxnOp::Commit, &e, 1, &POLICY),
+        Decision::RetryAfter { retry: 1, .. }
+    ));
+    assert_eq!(
+        decide(TxnOp::Commit, &e, POLICY.max_attempts, &POLICY),
+        new_producer(NewProducerReason::UnknownCommitOutcome)
+    );
+    // A commit error with no flags at all: the outcome is unknown, never "done".
+    let e = txn(C::Unknown, false, false, false);
+    assert_eq!(
+        decide(TxnOp::Commit, &e, 1, &POLICY),
+        new_producer(NewProducerReason::UnknownCommitOutcome)
+    );
+}
+
+#[test]
+fn abortable_errors_abort_and_recover() {
+    let e = txn(C::InvalidRecord, false, false, true);
+    for op in [
+        TxnOp::Begin,
+        TxnOp::Produce,
+        TxnOp::SendOffsets,
+        TxnOp::Commit,
+    ] {
+        assert_eq!(
+            decide(op, &e, 1, &POLICY),
+            Decision::AbortAndRecover(AbortReason::Abortable),
+            "{op:?}"
+        );
+    }
+    // Abortable and retriable: abort wins (retrying an abortable transaction is useless).
+    let e = txn(C::OperationTimedOut, false, true, true);
+    assert_eq!(
+        decide(TxnOp::Commit, &e, 1, &POLICY),
+        Decision::AbortAndRecover(AbortReason::Abortable)
+    );
+    // An abort that fails without being retriable: its outcome is unknown.
+    let e = txn(C::State, false, false, true);
+    assert_eq!(
+        decide(TxnOp::Abort, &e, 1, &POLICY),
+        new_producer(NewProducerReason::UnknownAbortOutcome)
+    );
+}
+
+#[test]
+fn fenced_producers_are_replaced_whatever_the_operation_and_flags() {
+    for code in [C::ProducerFenced, C::InvalidProducerEpoch, C::Fenced] {
+        for (fatal, retriable, abort) in [
+            (true, false, false),
+            (false, false, false),
+            (false, true, true),
+        ] {
+            let e = txn(code, fatal, retriable, abort);
+            for op in TxnOp::ALL {
+                assert_eq!(
+                    decide(op, &e, 1, &POLICY),
+                    new_producer(NewProducerReason::Fenced),
+                    "{op:?} {code:?}"
+                );
+            }
+        }
+    }
+    // A `_FATAL` whose cause (rd_kafka_fatal_error) is fencing.
+    let e = txn(C::Fatal, true, false, false)
+        .with_fatal_error(Some((C::ProducerFenced, "fenced".into())));
+    assert_eq!(
+        decide(TxnOp::Commit, &e, 1, &POLICY),
+        new_producer(NewProducerReason::Fenced)
+    );
+}
+
+#[test]
+fn fatal_errors_replace_the_producer() {
+    let e = txn(C::OutOfOrderSequenceNumber, true, false, false);
+    for op in TxnOp::ALL {
+        assert_eq!(
+            decide(op, &e, 1, &POLICY),
+            new_producer(NewProducerReason::Fatal),
+            "{op:?}"
+        );
+    }
+    // Fatal beats retriable and abortable.
+    let e = txn(C::OutOfOrderSequenceNumber, true, true, true);
+    assert_eq!(
+        decide(TxnOp::SendOffsets, &e, 1, &POLICY),
+        new_producer(NewProducerReason::Fatal)
+    );
+    let e = ErrorFacts::from_code(C::Fatal);
+    assert!(e.fatal);
+    assert_eq!(
+        decide(TxnOp::Poll, &e, 1, &POLICY),
+        new_producer(NewProducerReason::Fatal)
+    );
+}
+
+#[test]
+fn unclassified_errors_are_treated_as_fatal_except_at_commit() {
+    let e = txn(C::State, false, false, false);
+    for op in [TxnOp::Begin, TxnOp::Produce, TxnOp::SendOffsets] {
+        assert_eq!(
+            decide(op, &e, 1, &POLICY),
+            new_producer(NewProducerReason::Unclassified),
+            "{op:?}"
+        );
+    }
+    assert_eq!(
+        decide(TxnOp::InitTransactions, &e, 1, &POLICY),
+        new_producer(NewProducerReason::InitFailed)
+    );
+}
+
+#[test]
+fn configuration_and_permission_errors_fail_whatever_the_flags() {
+    let cases = [
+        (C::NotConfigured, FailReason::Config),
+        (C::InvalidArgument, FailReason::Config),
+        (C::InvalidTransactionTimeout, FailReason::TransactionTimeout),
+        (
+            C::TransactionalIdAuthorizationFailed,
+            FailReason::NotAuthorized,
+        ),
+        (C::GroupAuthorizationFailed, FailReason::NotAuthorized),
+        (C::TopicAuthorizationFailed, FailReason::NotAuthorized),
+        (C::ClusterAuthorizationFailed, FailReason::NotAuthorized),
+        (C::SaslAuthenticationFailed, FailReason::NotAuthorized),
+        (C::Authentication, FailReason::NotAuthorized),
+        (C::UnsupportedFeature, FailReason::Unsupported),
+        (C::UnsupportedVersion, FailReason::Unsupported),
+        (C::UnknownTopic, FailReason::TopicMissing),
+        (C::UnknownPartition, FailReason::TopicMissing),
+        (C::MessageSizeTooLarge, FailReason::RecordTooLarge),
+    ];
+    for (code, reason) in cases {
+        // A fatal flag (librdkafka raises e.g. authorization failures as fatal) does
+        // not turn them into a new producer: it would fail the same way.
+        for e in [txn(code, true, false, false), ErrorFacts::from_code(code)] {
+            for op in TxnOp::ALL {
+                assert_eq!(
+                    decide(op, &e, 1, &POLICY),
+                    Decision::Fail(reason),
+                    "{op:?} {code:?}"
+                );
+            }
+        }
+    }
+    // Behind a _FATAL too.
+    let e = txn(C::Fatal, true, false, false)
+        .with_fatal_error(Some((C::TransactionalIdAuthorizationFailed, String::new())));
+    assert_eq!(
+        decide(TxnOp::Begin, &e, 1, &POLICY),
+        Decision::Fail(FailReason::NotAuthorized)
+    );
+}
+
+#[test]
+fn unknown_topic_or_partition_fails_only_when_librdkafka_gave_up_on_it() {
+    let retriable = txn(C::UnknownTopicOrPartition, false, true, false);
+    assert!(matches!(
+        decide(TxnOp::SendOffsets, &retriable, 1, &POLICY),
+        Decision::RetryAfter { .. }
+    ));
+    let delivery = ErrorFacts::from_code(C::UnknownTopicOrPartition);
+    assert_eq!(
+        decide(TxnOp::Poll, &delivery, 1, &POLICY),
+        Decision::Fail(FailReason::TopicMissing)
+    );
+}
+
+#[test]
+fn a_full_local_queue_is_retried_then_the_transaction_aborted() {
+    let e = ErrorFacts::of(&KafkaError::MessageProduction(C::QueueFull));
+    assert_eq!(e.origin, ErrorOrigin::Code);
+    assert!(e.retriable && !e.fatal && !e.txn_requires_abort);
+    assert!(matches!(
+        decide(TxnOp::Produce, &e, 3, &POLICY),
+        Decision::RetryAfter { retry: 3, .. }
+    ));
+    assert_eq!(
+        decide(TxnOp::Produce, &e, POLICY.max_attempts, &POLICY),
+        Decision::AbortAndRecover(AbortReason::RetriesExhausted)
+    );
+}
+
+#[test]
+fn failed_deliveries_abort_the_transaction() {
+    for code in [
+        C::MessageTimedOut,
+        C::PurgeQueue,
+        C::PurgeInflight,
+        C::NotEnoughReplicas,
+        C::InvalidRecord,
+    ] {
+        let e = ErrorFacts::of(&KafkaError::MessageProduction(code));
+        assert_eq!(
+            decide(TxnOp::Poll, &e, 1, &POLICY),
+            Decision::AbortAndRecover(AbortReason::DeliveryFailed),
+            "{code:?}"
+        );
+    }
+}
+
+#[test]
+fn client_configuration_errors_fail_and_a_dropped_client_is_replaced() {
+    let e = ErrorFacts::of(&KafkaError::ClientConfig(
+        RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+        "No such configuration property".into(),
+        "linger.msx".into(),
+        "5".into(),
+    ));
+    assert_eq!(e.origin, ErrorOrigin::Config);
+    assert_eq!(e.code, None);
+    for op in TxnOp::ALL {
+        assert_eq!(
+            decide(op, &e, 1, &POLICY),
+            Decision::Fail(FailReason::Config)
+        );
+    }
+    let e = ErrorFacts::of(&KafkaError::ClientCreation("no memory".into()));
+    assert_eq!(
+        decide(TxnOp::InitTransactions, &e, 1, &POLICY),
+        Decision::Fail(FailReason::Config)
+    );
+    let e = ErrorFacts::of(&KafkaError::Canceled);
+    assert_eq!(
+        decide(TxnOp::Commit, &e, 1, &POLICY),
+        new_producer(NewProducerReason::Unclassified)
+    );
+}
+
+#[test]
+fn bare_codes_get_derived_flags() {
+    let e = ErrorFacts::of(&KafkaError::Flush(C::OperationTimedOut));
+    assert!(e.retriable && !e.fatal && !e.txn_requires_abort);
+    let e = ErrorFacts::of(&KafkaError::MessageConsumptionFatal(C::Fenced));
+    assert!(e.fatal && !e.retriable);
+    let e = ErrorFacts::of(&KafkaError::MessageProduction(C::InvalidRecord));
+    assert!(!e.retriable && !e.fatal && !e.txn_requires_abort);
+    assert_eq!(e.code, Some(C::InvalidRecord));
+}
+
+#[test]
+fn decisions_read_well() {
+    assert_eq!(
+        Decision::RetryAfter {
+            backoff: Duration::from_millis(200),
+            retry: 2
+        }
+        .to_string(),
+        "retry #2 after 200ms"
+    );
+    assert_eq!(
+        new_producer(NewProducerReason::UnknownCommitOutcome).to_string(),
+        "replace the producer and recover (UnknownCommitOutcome)"
+    );
+    assert!(
+        Decision::Fail(FailReason::TransactionTimeout)
+            .to_string()
+            .contains("transaction.max.timeout.ms")
+    );
+}
+
+/// Every combination of operation, flags, origin and a spread of codes gets a decision,
+/// and a few invariants hold for all of them.
+#[test]
+fn invariants_over_every_combination() {
+    let codes = [
+        C::NoError,
+        C::Unknown,
+        C::Fatal,
+        C::State,
+        C::OperationTimedOut,
+        C::QueueFull,
+        C::MessageTimedOut,
+        C::ProducerFenced,
+        C::InvalidProducerEpoch,
+        C::Fenced,
+        C::ConcurrentTransactions,
+        C::CoordinatorNotAvailable,
+        C::InvalidTransactionTimeout,
+        C::TransactionalIdAuthorizationFailed,
+        C::UnknownTopicOrPartition,
+        C::OutOfOrderSequenceNumber,
+    ];
+    let origins = [ErrorOrigin::Transactional, ErrorOrigin::Code];
+    for op in TxnOp::ALL {
+        for &code in &codes {
+            for origin in origins {
+                for bits in 0..8u8 {
+                    for failures in [1, 2, POLICY.max_attempts - 1, POLICY.max_attempts, 100] {
+                        let e = ErrorFacts {
+                            origin,
+                            code: Some(code),
+                            fatal: bits & 1 != 0,
+                            retriable: bits & 2 != 0,
+                            txn_requires_abort: bits & 4 != 0,
+                            fatal_cause: None,
+                        };
+                        let d = decide(op, &e, failures, &POLICY);
+                        match d {
+                            Decision::RetryAfter { backoff, retry } => {
+                                assert!(e.retriable, "only retriable errors are retried");
+                                assert!(failures < POLICY.max_attempts, "retries are bounded");
+                                assert!(backoff <= POLICY.max_backoff);
+                                assert_eq!(retry, failures);
+                                assert!(!e.fatal, "a fatal producer is not retried");
+                                // An abortable transaction is aborted, not retried
+                                // (retrying the abort itself is the remedy).
+                                if e.txn_requires_abort {
+                                    assert!(matches!(op, TxnOp::Abort | TxnOp::InitTransactions));
+                                }
+                                assert_ne!(op, TxnOp::Poll);
+                            }
+                            Decision::AbortAndRecover(_) => {
+                                assert!(!e.fatal, "a fatal producer cannot abort");
+                                assert_ne!(
+                                    op,
+                                    TxnOp::Abort,
+                                    "an abort is not answered by an abort"
+                                );
+                                assert_ne!(op, TxnOp::InitTransactions, "nothing to abort yet");
+                            }
+                            Decision::NewProducerAndRecover(_) | Decision::Fail(_) => {}
+                        }
+                        if is_fenced(code) && fail_reason(code, e.retriable).is_none() {
+                            assert_eq!(d, new_producer(NewProducerReason::Fenced));
+                        }
+                        if op == TxnOp::Commit {
+                            // The commit is never taken as done, and an unknown outcome
+                            // is never answered by a plain abort of the same producer
+                            // unless librdkafka said the transaction is abortable.
+                            if let Decision::AbortAndRecover(r) = d {
+                                assert_eq!(r, AbortReason::Abortable);
+                                assert!(e.txn_requires_abort);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
