@@ -3,17 +3,22 @@
 //!
 //! - `config.rs`: the configuration model (brokers, librdkafka properties passed through,
 //!   topics to check or create) and its pure checks.
+//! - `admin.rs`: start-up checks against the cluster: bounded connect, topics and their
+//!   partition counts, topic creation.
 //! - `errors.rs`: the transactional producer's error state machine, as pure decisions.
-//! - `tests.rs`: unit tests (no broker).
+//! - `tests.rs`: unit tests (no broker). The tests against a broker are in
+//!   `connectors/tests/kafka_broker.rs` (`scripts/kafka-broker`).
 //!
 //! librdkafka is built from source with gzip (zlib), lz4 and snappy; no TLS, SASL or zstd
 //! yet.
 
+pub mod admin;
 pub mod config;
 pub mod errors;
 #[cfg(test)]
 mod tests;
 
+pub use admin::{AdminError, EnsureReport, KafkaAdmin, TopicProblem};
 pub use config::{
     KafkaConnection, KafkaConnectionConfig, PropertyValue, TopicConfig, check_commit_interval,
 };
