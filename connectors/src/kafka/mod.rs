@@ -9,8 +9,8 @@
 //! - `tests.rs`: unit tests (no broker). The tests against a broker are in
 //!   `connectors/tests/kafka_broker.rs` (`scripts/kafka-broker`).
 //!
-//! librdkafka is built from source with gzip (zlib), lz4 and snappy; no TLS, SASL or zstd
-//! yet.
+//! librdkafka is built from source with gzip (zlib), lz4, snappy and TLS (OpenSSL, with
+//! SASL PLAIN, SCRAM and OAUTHBEARER); no Kerberos (GSSAPI) or zstd yet.
 
 pub mod admin;
 pub mod config;

@@ -261,6 +261,31 @@ properties = { "transaction.timeout.ms" = 1000 }"#,
     assert!(check_commit_interval(Duration::from_millis(1000), &short, "x").is_err());
 }
 
+/// The rdkafka features chosen in the root Cargo.toml, as librdkafka reports them.
+#[test]
+fn librdkafka_is_built_with_the_chosen_features() {
+    let native = rdkafka::ClientConfig::new().create_native_config().unwrap();
+    let features = native.get("builtin.features").unwrap();
+    let features: Vec<&str> = features.split(',').collect();
+    for f in [
+        "gzip",
+        "snappy",
+        "lz4",
+        "ssl",
+        "sasl_plain",
+        "sasl_scram",
+        "sasl_oauthbearer",
+    ] {
+        assert!(features.contains(&f), "{f} missing from {features:?}");
+    }
+    for f in ["zstd", "sasl_gssapi"] {
+        assert!(
+            !features.contains(&f),
+            "{f} is built in: update DEVELOPERS.md"
+        );
+    }
+}
+
 // ---- error state machine ----
 
 const POLICY: RetryPolicy = RetryPolicy {
