@@ -187,7 +187,7 @@ impl KafkaConnection {
             connect_timeout,
             properties: BTreeMap::new(),
         }
-        .validate("brokers")
+        .validate("")
     }
 
     /// A librdkafka client configuration: the brokers and the pass-through properties.

@@ -139,7 +139,7 @@ fn a_broker_list_from_the_environment_is_checked_the_same_way() {
     assert_eq!(c.bootstrap_servers, "127.0.0.1:9092,[::1]:9093");
     let errors =
         KafkaConnection::from_broker_list("127.0.0.1:9092,", Duration::from_secs(1)).unwrap_err();
-    assert_eq!(paths(&errors), ["brokers.brokers[1]"]);
+    assert_eq!(paths(&errors), ["brokers[1]"]);
 }
 
 #[test]
