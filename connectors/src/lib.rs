@@ -3,8 +3,13 @@
 //! Every connector is a folder with fixed file roles (`mod.rs`, `source.rs` and/or
 //! `sink.rs`, `tests.rs`) and is listed once in [`connectors()`]. `onceflow-core` never
 //! depends on this crate.
+//!
+//! `kafka` holds the Kafka building blocks (configuration, admin checks, the
+//! transactional error state machine); it joins [`connectors()`] once it has a source
+//! and a sink.
 
 pub mod files;
+pub mod kafka;
 
 /// What a connector is and what it can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
