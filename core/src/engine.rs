@@ -21,7 +21,8 @@ use crate::batch::{EventBatch, OutBuf};
 use crate::commit::{Assembler, Epoch, RouterPart};
 use crate::config::Pipeline;
 use crate::input::{InputError, LogInput, SourceInput};
-use crate::log::{CommitMarker, LogError, LogOptions, LogReader, LogWriter, RecordBuf, TopicId};
+use crate::log::{CommitMarker, LogError, LogOptions, LogReader, RecordBuf};
+use crate::output::{Append, CommitError, CommitTarget, LogTarget, OutputTopic};
 use crate::query::ReadHandle;
 use crate::query::request::{Request, ShardQuery, take_requests};
 use crate::router::Router;
@@ -70,6 +71,9 @@ pub enum EngineError {
         /// Topic.
         topic: String,
     },
+    /// An epoch could not be committed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
     /// A source could not be read.
     #[error("reading a source: {0}")]
     Input(#[from] InputError),
@@ -235,7 +239,7 @@ fn run_sides(
             .aggregate
             .as_ref()
             .expect("a write side has the aggregate");
-        let mut w = LogWriter::open(
+        let mut w = LogTarget::open(
             &write.state_dir,
             LogOptions {
                 fsync: write.fsync,
@@ -332,17 +336,17 @@ pub fn run_with_stage<S: Stage>(
     }
 
     // State log: outputs, dead letters and commit markers.
-    let mut writer = LogWriter::open(
+    let mut target: Box<dyn CommitTarget> = Box::new(LogTarget::open(
         &p.state_dir,
         LogOptions {
             fsync: p.fsync,
             ..LogOptions::default()
         },
-    )?;
+    )?);
     // A source whose name the state log knows but the pipeline no longer has: its output
     // was committed under that name, and a renamed source would start again from offset 0
     // and emit everything a second time.
-    if let Some(m) = writer.last_marker() {
+    if let Some(m) = target.last_commit() {
         let mut gone: Vec<&str> = m
             .inputs
             .iter()
@@ -369,7 +373,7 @@ pub fn run_with_stage<S: Stage>(
         None
     } else {
         Some(output_topic(
-            &mut writer,
+            target.as_mut(),
             p,
             &p.view.topic,
             p.view.partitions,
@@ -379,10 +383,10 @@ pub fn run_with_stage<S: Stage>(
     let stage_topics = stage
         .outputs()
         .iter()
-        .map(|o| output_topic(&mut writer, p, &o.topic, o.partitions, "the partitions"))
+        .map(|o| output_topic(target.as_mut(), p, &o.topic, o.partitions, "the partitions"))
         .collect::<Result<Vec<_>, _>>()?;
-    let dead_topic = writer.ensure_topic(&p.dead_letter_topic, 1)?;
-    let mut epoch = writer.last_marker().map(|m| m.epoch + 1).unwrap_or(1);
+    let dead_topic = target.ensure_topic(&p.dead_letter_topic, 1)?;
+    let mut epoch = target.last_commit().map(|m| m.epoch + 1).unwrap_or(1);
     // Readers see the state at epoch cuts, once committed: from the last one on.
     let reads = match &opts.read {
         Some(h) => Some(
@@ -408,7 +412,7 @@ pub fn run_with_stage<S: Stage>(
             }
             Err(e) => return Err(e.into()),
         };
-        let committed = writer.committed_inputs(&s.name);
+        let committed = target.committed_inputs(&s.name);
         for part in source.partitions() {
             let c = committed
                 .iter()
@@ -534,7 +538,7 @@ pub fn run_with_stage<S: Stage>(
                 .name("onceflow-committer".into())
                 .spawn_scoped(scope, move || {
                     committer_loop(
-                        writer,
+                        target,
                         Topics {
                             view: view_topic,
                             dead: dead_topic,
@@ -613,19 +617,19 @@ pub fn run_with_stage<S: Stage>(
 /// Opens (or creates) an output topic of the state log, refusing a partition count that
 /// differs from the one the topic was created with (records of one key would move).
 fn output_topic(
-    writer: &mut LogWriter,
+    target: &mut dyn CommitTarget,
     p: &Pipeline,
     topic: &str,
     partitions: u32,
     setting: &str,
-) -> Result<TopicId, EngineError> {
-    match writer.topic(topic) {
-        Some((_, n)) if n != partitions => Err(EngineError::Incompatible(format!(
+) -> Result<OutputTopic, EngineError> {
+    match target.partitions_of(topic) {
+        Some(n) if n != partitions => Err(EngineError::Incompatible(format!(
             "{setting} of topic '{topic}' is {partitions} but the state log at {} holds it with {n} partitions; \
              put back {n} partitions, or move the state directory away to rebuild from the inputs",
             p.state_dir.display(),
         ))),
-        _ => Ok(writer.ensure_topic(topic, partitions)?),
+        _ => Ok(target.ensure_topic(topic, partitions)?),
     }
 }
 
@@ -1005,16 +1009,16 @@ fn shard_loop<S: Stage>(
 
 /// The state-log topics an epoch's records go to.
 struct Topics {
-    view: Option<TopicId>,
-    dead: TopicId,
+    view: Option<OutputTopic>,
+    dead: OutputTopic,
     /// One per [`Stage::outputs`] entry.
-    stage: Vec<TopicId>,
+    stage: Vec<OutputTopic>,
 }
 
 /// The committer: one atomic transaction per complete epoch.
 #[allow(clippy::too_many_arguments)]
 fn committer_loop(
-    mut writer: LogWriter,
+    mut target: Box<dyn CommitTarget>,
     topics: Topics,
     shards: usize,
     rx: Receiver<CommitMsg>,
@@ -1027,7 +1031,7 @@ fn committer_loop(
     let mut last: Vec<u64> = {
         let mut v = Vec::with_capacity(names.len());
         for (name, part) in names.iter() {
-            let c = writer.committed_inputs(name);
+            let c = target.committed_inputs(name);
             v.push(
                 c.iter()
                     .find(|(q, _)| q == part)
@@ -1037,7 +1041,7 @@ fn committer_loop(
         }
         v
     };
-    let mut committed_epoch = writer.last_marker().map_or(0, |m| m.epoch);
+    let mut committed_epoch = target.last_commit().map_or(0, |m| m.epoch);
     let mut snapshot: Option<Box<Pending>> = None;
     while let Ok(msg) = rx.recv() {
         match msg {
@@ -1052,7 +1056,7 @@ fn committer_loop(
         }
         while let Some(ep) = asm.pop_ready() {
             commit_epoch(
-                &mut writer,
+                target.as_mut(),
                 &topics,
                 &ep,
                 names,
@@ -1078,7 +1082,7 @@ fn committer_loop(
 
 #[allow(clippy::too_many_arguments)]
 fn commit_epoch(
-    writer: &mut LogWriter,
+    target: &mut dyn CommitTarget,
     topics: &Topics,
     ep: &Epoch,
     names: &InputNames,
@@ -1093,32 +1097,37 @@ fn commit_epoch(
             "input {i}: committed offset would move back from {old} to {new}"
         );
     }
-    let mut tx = writer.begin();
+    let deads = || std::iter::once(&ep.router.dead).chain(ep.shards.iter().map(|s| &s.dead));
     let mut outputs = 0u64;
-    let mut dead = 0u64;
     for part in &ep.shards {
-        if let Some(view) = topics.view {
-            for (partition, key, value) in part.outputs.iter() {
-                tx.append(view, partition, key, value);
-                outputs += 1;
-            }
+        if topics.view.is_some() {
+            outputs += part.outputs.len() as u64;
         }
-        for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
-            for (partition, key, value) in buf.iter() {
-                tx.append(topic, partition, key, value);
-                outputs += 1;
-            }
-        }
+        outputs += part.emitted.iter().map(|b| b.len() as u64).sum::<u64>();
     }
-    for buf in std::iter::once(&ep.router.dead).chain(ep.shards.iter().map(|s| &s.dead)) {
-        for (partition, key, value) in buf.iter() {
-            tx.append(topics.dead, partition, key, value);
-            dead += 1;
-        }
-    }
+    let dead: u64 = deads().map(|b| b.len() as u64).sum();
     if outputs == 0 && dead == 0 && positions.as_slice() == &*last {
         return Ok(());
     }
+    let mut fill = |tx: &mut dyn Append| {
+        for part in &ep.shards {
+            if let Some(view) = topics.view {
+                for (partition, key, value) in part.outputs.iter() {
+                    tx.append(view, partition, key, value);
+                }
+            }
+            for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
+                for (partition, key, value) in buf.iter() {
+                    tx.append(topic, partition, key, value);
+                }
+            }
+        }
+        for buf in deads() {
+            for (partition, key, value) in buf.iter() {
+                tx.append(topics.dead, partition, key, value);
+            }
+        }
+    };
     let marker = CommitMarker {
         epoch: ep.router.epoch,
         inputs: names
@@ -1127,7 +1136,7 @@ fn commit_epoch(
             .map(|((name, part), &off)| (name.clone(), *part, off))
             .collect(),
     };
-    tx.commit(&marker)?;
+    target.commit(&mut fill, &marker)?;
     let commit_us = now_us();
     last.copy_from_slice(positions);
     stats.record_latency(&ep.router.stamps, commit_us);

@@ -18,6 +18,7 @@ pub mod fault;
 pub mod hash;
 pub mod input;
 pub mod log;
+pub mod output;
 pub mod query;
 pub mod router;
 pub mod shard;
