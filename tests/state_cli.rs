@@ -12,7 +12,7 @@ use std::process::Output;
 
 use common::*;
 use onceflow_core::hash::{PARTITION_SALT, bucket, stable_hash};
-use onceflow_core::log::{CommitMarker, LogOptions, LogReader, LogWriter, RecordBuf};
+use onceflow_core::log::{CommitMarker, LogOptions, LogReader, LogWriter};
 use onceflow_core::temporal::format_ms;
 
 const PARTITIONS: u32 = 4;
@@ -107,50 +107,17 @@ fn setup(
     s
 }
 
-/// One record of a log, raw.
-#[derive(Debug, Clone)]
-struct Raw {
-    partition: u32,
-    offset: u64,
-    ts: u64,
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
-fn raw_records(log: &Path, topic: &str) -> Vec<Raw> {
-    let reader = LogReader::open(log, topic).unwrap();
-    let mut out = Vec::new();
-    let mut buf = RecordBuf::new();
-    for p in 0..reader.partitions() {
-        let mut c = reader.cursor(p, 0).unwrap();
-        loop {
-            buf.clear();
-            if c.read(&reader, 10_000, &mut buf).unwrap() == 0 {
-                break;
-            }
-            out.extend(buf.iter().map(|r| Raw {
-                partition: r.partition,
-                offset: r.offset,
-                ts: r.timestamp_ms,
-                key: r.key.to_vec(),
-                value: r.value.to_vec(),
-            }));
-        }
-    }
-    out
-}
-
 /// The view of a run that stopped exactly at a point: a fresh copy of the pipeline
 /// whose input holds, in each partition, the records before the first one `include`
 /// refuses (at the same offsets as in the real input), run to its end.
-fn stopped_run(s: &Setup, include: impl Fn(&Raw) -> bool) -> serde_json::Value {
+fn stopped_run(s: &Setup, include: impl Fn(&RawRec) -> bool) -> serde_json::Value {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("data/input");
     let mut w = LogWriter::open(&log, LogOptions::default()).unwrap();
     let t = w.ensure_topic(s.topic, PARTITIONS).unwrap();
     let mut tx = w.begin();
     let mut stopped = [false; PARTITIONS as usize];
-    for r in raw_records(&s.input(), s.topic) {
+    for r in read_raw(&s.input(), s.topic) {
         let stop = &mut stopped[r.partition as usize];
         *stop = *stop || !include(&r);
         if !*stop {
@@ -302,10 +269,7 @@ fn check_example(s: &Setup, all_offsets: bool) -> usize {
     }
 
     // Append times: each chunk's, just before the first, and between chunks.
-    let mut times: Vec<u64> = raw_records(&s.input(), s.topic)
-        .iter()
-        .map(|r| r.ts)
-        .collect();
+    let mut times: Vec<u64> = read_raw(&s.input(), s.topic).iter().map(|r| r.ts).collect();
     times.sort_unstable();
     times.dedup();
     assert!(times.len() >= 3, "chunks were appended at distinct times");
@@ -449,7 +413,7 @@ fn text_output_errors_and_a_running_pipeline() {
 
     // A held record at the point is reported: ACC-4's seq 5 before its seq 4 (the
     // last command of its partition) arrives.
-    let last = raw_records(&s.input(), "commands")
+    let last = read_raw(&s.input(), "commands")
         .iter()
         .filter(|r| r.partition == partition_of("ACC-4"))
         .count();

@@ -31,8 +31,18 @@ pub struct Rec {
     pub value: serde_json::Value,
 }
 
-/// Every committed record of a topic, partition by partition, in offset order.
-pub fn read_topic(dir: &Path, topic: &str) -> Vec<Rec> {
+/// One record of a log, raw.
+#[derive(Debug, Clone)]
+pub struct RawRec {
+    pub partition: u32,
+    pub offset: u64,
+    pub ts: u64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Every committed record of a topic, raw, partition by partition, in offset order.
+pub fn read_raw(dir: &Path, topic: &str) -> Vec<RawRec> {
     let reader = LogReader::open(dir, topic)
         .unwrap_or_else(|e| panic!("open {}/{topic}: {e}", dir.display()));
     let mut out = Vec::new();
@@ -44,17 +54,30 @@ pub fn read_topic(dir: &Path, topic: &str) -> Vec<Rec> {
             if c.read(&reader, 10_000, &mut buf).unwrap() == 0 {
                 break;
             }
-            for r in buf.iter() {
-                out.push(Rec {
-                    partition: r.partition,
-                    offset: r.offset,
-                    key: String::from_utf8(r.key.to_vec()).unwrap(),
-                    value: serde_json::from_slice(r.value).unwrap(),
-                });
-            }
+            out.extend(buf.iter().map(|r| RawRec {
+                partition: r.partition,
+                offset: r.offset,
+                ts: r.timestamp_ms,
+                key: r.key.to_vec(),
+                value: r.value.to_vec(),
+            }));
         }
     }
     out
+}
+
+/// Every committed record of a topic, partition by partition, in offset order, with
+/// its value parsed.
+pub fn read_topic(dir: &Path, topic: &str) -> Vec<Rec> {
+    read_raw(dir, topic)
+        .into_iter()
+        .map(|r| Rec {
+            partition: r.partition,
+            offset: r.offset,
+            key: String::from_utf8(r.key).unwrap(),
+            value: serde_json::from_slice(&r.value).unwrap(),
+        })
+        .collect()
 }
 
 /// Writes a pipeline file for the bank workload into `dir`.
