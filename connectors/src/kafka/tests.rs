@@ -126,6 +126,30 @@ fn every_connection_problem_is_reported_with_its_path() {
 }
 
 #[test]
+fn the_sources_consumer_settings_are_reserved() {
+    let errors = conn(
+        r#"
+        brokers = ["h:9092"]
+        properties = { "auto.offset.reset" = "earliest", "enable.partition.eof" = false, "fetch.wait.max.ms" = 100 }
+        "#,
+    )
+    .validate("kafka")
+    .unwrap_err();
+    assert_eq!(
+        paths(&errors),
+        [
+            "kafka.properties.\"auto.offset.reset\"",
+            "kafka.properties.\"enable.partition.eof\"",
+        ]
+    );
+    assert!(
+        errors[0].to_string().contains("never a jump"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
 fn no_brokers_is_an_error() {
     let errors = conn("brokers = []").validate("").unwrap_err();
     assert_eq!(paths(&errors), ["brokers"]);
