@@ -5,8 +5,8 @@
 //! depends on this crate.
 //!
 //! `kafka` holds the Kafka building blocks (configuration, admin checks, the
-//! transactional error state machine); it joins [`connectors()`] once it has a source
-//! and a sink.
+//! transactional error state machine, the source input); it joins [`connectors()`] once
+//! it has a source and a sink wired into pipelines.
 
 pub mod files;
 pub mod kafka;

@@ -11,10 +11,12 @@
 //! transactions to read_committed consumers, so no test here aborts a transaction and
 //! then expects its records to be invisible.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use common::{brokers, connection, create_topics, topic, unique};
 
 use onceflow_connectors::kafka::{
     AdminError, Decision, ErrorFacts, KafkaAdmin, KafkaConnection, NewProducerReason, RetryPolicy,
@@ -25,60 +27,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-
-/// The test broker's address, or `None` (after saying why) when the test is skipped.
-fn brokers(test: &str) -> Option<String> {
-    match std::env::var("ONCEFLOW_KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ if std::env::var("ONCEFLOW_KAFKA_REQUIRED").as_deref() == Ok("1") => panic!(
-            "ONCEFLOW_KAFKA_REQUIRED=1 but ONCEFLOW_KAFKA_BROKERS is unset: \
-             start a broker with `scripts/kafka-broker start` and export what it prints"
-        ),
-        _ => {
-            // Straight to stderr: the test harness captures print!/eprint! of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: skipped: ONCEFLOW_KAFKA_BROKERS is unset \
-                 (run `export $(scripts/kafka-broker start)` first; scripts/test does)"
-            );
-            None
-        }
-    }
-}
-
-fn connection(brokers: &str) -> KafkaConnection {
-    KafkaConnection::from_broker_list(brokers, Duration::from_secs(10)).unwrap()
-}
-
-/// A name no other test (or earlier run against the same broker) uses.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn topic(name: &str, partitions: u32, create: bool) -> TopicConfig {
-    TopicConfig {
-        name: name.to_string(),
-        partitions,
-        replication_factor: None,
-        create,
-        compacted: false,
-        config: BTreeMap::new(),
-    }
-}
-
-fn create_topics(admin: &KafkaAdmin, topics: &[TopicConfig]) {
-    let report = admin.ensure_topics(topics).unwrap();
-    assert_eq!(report.created.len(), topics.len(), "{report:?}");
-}
 
 /// Reads `topic` (all its partitions, from the start) with a read_committed consumer
 /// until the end of every partition; returns the payloads in partition order.

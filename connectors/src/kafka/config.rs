@@ -69,6 +69,15 @@ pub const RESERVED_PROPERTIES: &[(&str, &str)] = &[
         "enable.auto.offset.store",
         "onceflow commits input offsets inside the output transaction",
     ),
+    (
+        "auto.offset.reset",
+        "the Kafka source starts where onceflow's committed offsets say, and an offset the broker \
+         no longer has is an error, never a jump to another offset",
+    ),
+    (
+        "enable.partition.eof",
+        "the Kafka source turns it on to know when it has caught up",
+    ),
 ];
 
 /// Where the Kafka cluster is and how to talk to it (shared by sources, sinks and admin).

@@ -1,5 +1,6 @@
-//! Unit tests without a broker: configuration checks and the error state machine.
-//! (Tests against a broker: `connectors/tests/kafka_broker.rs`.)
+//! Unit tests without a broker: configuration checks, the error state machine, and the
+//! source's reading of librdkafka's statistics. (Tests against a broker:
+//! `connectors/tests/kafka_broker.rs`, `connectors/tests/kafka_source.rs`.)
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use rdkafka::types::RDKafkaConfRes;
 
 use super::config::{KafkaConnection, KafkaConnectionConfig, TopicConfig, check_commit_interval};
 use super::errors::*;
+use super::source::{DEFAULT_STATS_INTERVAL_MS, stable_offsets, stats_interval_ms};
 
 fn conn(toml_text: &str) -> KafkaConnectionConfig {
     toml::from_str(toml_text).unwrap()
@@ -122,6 +124,30 @@ fn every_connection_problem_is_reported_with_its_path() {
         text[11].contains("whole number of milliseconds"),
         "{}",
         text[11]
+    );
+}
+
+#[test]
+fn the_sources_consumer_settings_are_reserved() {
+    let errors = conn(
+        r#"
+        brokers = ["h:9092"]
+        properties = { "auto.offset.reset" = "earliest", "enable.partition.eof" = false, "fetch.wait.max.ms" = 100 }
+        "#,
+    )
+    .validate("kafka")
+    .unwrap_err();
+    assert_eq!(
+        paths(&errors),
+        [
+            "kafka.properties.\"auto.offset.reset\"",
+            "kafka.properties.\"enable.partition.eof\"",
+        ]
+    );
+    assert!(
+        errors[0].to_string().contains("never a jump"),
+        "{}",
+        errors[0]
     );
 }
 
@@ -284,6 +310,60 @@ fn librdkafka_is_built_with_the_chosen_features() {
             "{f} is built in: update DEVELOPERS.md"
         );
     }
+}
+
+// ---- source: committed ends from librdkafka's statistics ----
+
+/// A statistics report of a consumer of topic `t` (librdkafka 2.12, trimmed): partition
+/// 0 fetched while a transaction was open (high watermark 5, last stable offset 3),
+/// partition 1 not fetched yet, and the unassigned partition -1.
+const STATS: &str = r#"{
+  "name": "rdkafka#consumer-1", "type": "consumer", "ts": 1, "brokers": {},
+  "topics": {
+    "t": { "topic": "t", "age": 1, "partitions": {
+      "0": { "partition": 0, "fetch_state": "active", "next_offset": 3, "app_offset": 3,
+             "eof_offset": -1001, "lo_offset": 0, "hi_offset": 5, "ls_offset": 3 },
+      "1": { "partition": 1, "fetch_state": "offset-query", "next_offset": 0,
+             "app_offset": -1001, "hi_offset": -1001, "ls_offset": -1001 },
+      "-1": { "partition": -1, "fetch_state": "none", "hi_offset": -1001, "ls_offset": -1001 }
+    } },
+    "other": { "topic": "other", "partitions": {
+      "0": { "partition": 0, "hi_offset": 9, "ls_offset": 9 }
+    } }
+  },
+  "cgrp": { "state": "up" }
+}"#;
+
+#[test]
+fn committed_ends_are_the_last_stable_offsets_of_fetched_partitions() {
+    assert_eq!(stable_offsets(STATS.as_bytes(), "t").unwrap(), [(0, 3)]);
+    assert_eq!(stable_offsets(STATS.as_bytes(), "other").unwrap(), [(0, 9)]);
+    assert!(
+        stable_offsets(STATS.as_bytes(), "missing")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(stable_offsets(b"{}", "t").unwrap().is_empty());
+    assert!(stable_offsets(b"{\"topics\": 7}", "t").is_err());
+    assert!(stable_offsets(b"not json", "t").is_err());
+}
+
+#[test]
+fn the_source_needs_statistics_and_takes_their_interval_from_the_properties() {
+    let with = |props: &str| {
+        conn(&format!(
+            "brokers = [\"h:9092\"]\nproperties = {{ {props} }}"
+        ))
+        .validate("")
+        .unwrap()
+    };
+    assert_eq!(stats_interval_ms(&with("")), Ok(DEFAULT_STATS_INTERVAL_MS));
+    assert_eq!(
+        stats_interval_ms(&with("\"statistics.interval.ms\" = 1000")),
+        Ok(1000)
+    );
+    let off = stats_interval_ms(&with("\"statistics.interval.ms\" = 0")).unwrap_err();
+    assert!(off.contains("turns off librdkafka's statistics"), "{off}");
 }
 
 // ---- error state machine ----

@@ -1,0 +1,614 @@
+//! A Kafka topic as an onceflow source: [`KafkaInput`] implements the engine's
+//! [`SourceInput`] for one topic, read with `isolation.level=read_committed`.
+//!
+//! Not yet a pipeline source (nothing registers it); this is the reading half the
+//! wiring will build on. What it does and why:
+//!
+//! - **Assignment.** Every partition of the topic is assigned manually
+//!   (`incremental_assign`, no group subscription: no group coordination, records flow
+//!   at once). The assigned set lives in one map, changed in one place (`assign`), so
+//!   that consumer-group assignment and rebalances can add and remove partitions later.
+//!   The `group.id` the caller gives is only an identity: this input never commits
+//!   offsets to the group (auto-commit and the offset store are off); onceflow keeps the
+//!   consumed offsets with its outputs.
+//! - **Per-partition reads.** Each partition's records come through a queue of its own
+//!   (`split_partition_queue`, split *before* the partition is assigned so that no
+//!   record can reach the consumer's main queue first), polled with a zero timeout:
+//!   [`read`](SourceInput::read) returns only that partition's records, in offset
+//!   order, and never waits for the network.
+//! - **Positions** follow the records returned: the offset after the last one, or the
+//!   offset of the last [`seek`](SourceInput::seek). Kafka offsets are not dense in a
+//!   transactional topic: every commit or abort writes a control record that takes an
+//!   offset and is never delivered (and on Kafka, aborted records are never delivered
+//!   either). So when a partition reaches its end (librdkafka's partition EOF,
+//!   `enable.partition.eof=true`), the position moves to librdkafka's application
+//!   position, which counts the control records it skipped. That is what makes "caught
+//!   up" (position = committed end) reachable after a transaction. (Asking librdkafka
+//!   for it is a round trip to its main thread, no network; once per end reached.)
+//!   Known gap: in a compacted topic whose last records the cleaner removed, the
+//!   position after the last record stays below the committed end.
+//! - **Committed end** is the partition's *last stable offset* (LSO), which is what a
+//!   read_committed consumer can reach, taken from the broker's fetch responses through
+//!   librdkafka's statistics (`ls_offset`, every `statistics.interval.ms`, default
+//!   [`DEFAULT_STATS_INTERVAL_MS`]). The other sources were ruled out: the cached high
+//!   watermark (`get_watermark_offsets`) is the high watermark, beyond an open
+//!   transaction; `fetch_watermarks` (ListOffsets) does return the LSO on Kafka for a
+//!   read_committed client, but is a blocking round trip per partition, and the test
+//!   broker answers it wrongly. So the committed end lags the broker by up to one
+//!   statistics interval, and is only known once the partition has had a fetch
+//!   response: [`KafkaInput::new`] waits for that (within the connect timeout).
+//!   For `--until-end`, the engine stops at the committed ends it saw at start, and the
+//!   position reaches them (a committed end is never inside a transaction: it is at
+//!   an open transaction's first record, or after the last control record). Records
+//!   committed during the statistics interval before the start are not read by that
+//!   run; the next run reads them.
+//! - **Records**: the Kafka timestamp (create or log-append time, ms; 0 when the record
+//!   has none) into the buffer's timestamp, the key and value bytes (a missing key or
+//!   value reads as empty bytes). Headers are ignored for now.
+//! - **Start**: every partition from offset 0 until a seek, like the embedded log, and
+//!   `auto.offset.reset=error`: an offset the broker no longer has (retention) is an
+//!   error, never a silent jump to another offset.
+//! - **Memory**: librdkafka prefetches into each partition's queue up to
+//!   `queued.max.messages.kbytes` (64 MiB by default) and `queued.min.messages`:
+//!   with split queues these bounds apply per partition, not per consumer. Lower them
+//!   through the connection's properties for topics with many partitions.
+//! - **Errors** are [`InputError::Other`], naming the brokers, the topic and the
+//!   partition. Connection problems that librdkafka retries by itself (a broker down,
+//!   a timeout) are not errors: reads return nothing meanwhile, and the last such
+//!   problem is kept ([`KafkaInput::last_client_error`]).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use onceflow_connectors::kafka::{KafkaConnection, KafkaInput};
+//! use onceflow_core::input::SourceInput;
+//! use onceflow_core::log::RecordBuf;
+//!
+//! let conn = KafkaConnection::from_broker_list("127.0.0.1:9092", Duration::from_secs(10))
+//!     .expect("a valid broker list");
+//! let mut input = KafkaInput::new(&conn, "payments", "onceflow.payments-pipeline")?;
+//! let mut buf = RecordBuf::new();
+//! for p in input.partitions() {
+//!     buf.clear();
+//!     let n = input.read(p, 1000, &mut buf)?;
+//!     println!("partition {p}: {n} records, now at {}", input.position(p));
+//! }
+//! # Ok::<(), onceflow_core::input::InputError>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use onceflow_core::input::{InputError, SourceInput};
+use onceflow_core::log::RecordBuf;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use super::admin::KafkaAdmin;
+use super::config::KafkaConnection;
+
+/// How often librdkafka reports the partitions' last stable offsets, unless the
+/// connection's properties set `statistics.interval.ms`: the committed ends lag the
+/// broker by up to this much.
+pub const DEFAULT_STATS_INTERVAL_MS: u64 = 250;
+
+/// Events (statistics, client errors) served from the consumer's main queue per call:
+/// a bound, not a target (one statistics event per interval is the usual load).
+const MAIN_QUEUE_EVENTS_PER_SERVE: usize = 32;
+
+/// One Kafka topic as a [`SourceInput`]: its assigned partitions, each read from a
+/// queue of its own, committed records only. See the [module docs](self).
+pub struct KafkaInput {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    topic: String,
+    brokers: String,
+    /// The assigned partitions: all of the topic's, for now.
+    parts: BTreeMap<u32, Assigned>,
+    /// Bounds seeks and start-up waits.
+    timeout: Duration,
+    /// The statistics interval: how often reads also serve the consumer's main queue,
+    /// so that its events never pile up while the input is kept busy.
+    serve_every: Duration,
+    next_serve: Instant,
+}
+
+/// One assigned partition.
+struct Assigned {
+    queue: PartitionQueue<SourceContext>,
+    /// The next offset `read` returns (at least): after the last record returned, or
+    /// where the last seek put it.
+    position: u64,
+    /// The last stable offset as of the last refresh.
+    committed_end: u64,
+}
+
+impl fmt::Debug for KafkaInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaInput")
+            .field("topic", &self.topic)
+            .field("brokers", &self.brokers)
+            .field(
+                "positions",
+                &self
+                    .parts
+                    .iter()
+                    .map(|(p, a)| (*p, a.position, a.committed_end))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaInput {
+    /// Reads every partition of `topic` at `conn`, from offset 0 (until a seek), as a
+    /// read_committed consumer identified by `group_id` (no offsets are committed to
+    /// that group).
+    ///
+    /// Checks first, within the connect timeout: that a broker answers (the error names
+    /// the addresses tried) and that the topic exists. Then waits, within the same
+    /// timeout, until every partition's committed end is known (one fetch response and
+    /// one statistics report).
+    pub fn new(
+        conn: &KafkaConnection,
+        topic: &str,
+        group_id: &str,
+    ) -> Result<KafkaInput, InputError> {
+        let brokers = conn.bootstrap_servers.clone();
+        let admin = KafkaAdmin::connect(conn)
+            .map_err(|e| InputError::Other(format!("Kafka topic '{topic}': {e}")))?;
+        let partitions = admin
+            .partition_counts(&[topic])
+            .map_err(|e| InputError::Other(format!("Kafka topic '{topic}': {e}")))?
+            .get(topic)
+            .copied()
+            .flatten()
+            .ok_or_else(|| {
+                InputError::Other(format!(
+                    "Kafka topic '{topic}' does not exist at {brokers} (create it first)"
+                ))
+            })?;
+        drop(admin);
+
+        let stats_interval_ms = stats_interval_ms(conn)
+            .map_err(|m| InputError::Other(format!("Kafka topic '{topic}' at {brokers}: {m}")))?;
+        let mut config = conn.client_config();
+        config
+            .set("group.id", group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .set("allow.auto.create.topics", "false")
+            .set("statistics.interval.ms", stats_interval_ms.to_string())
+            // Quiet: problems come back as errors or through `last_client_error`.
+            .set_log_level(RDKafkaLogLevel::Emerg);
+        let consumer: BaseConsumer<SourceContext> = config
+            .create_with_context(SourceContext::new(topic))
+            .map_err(|e| {
+                InputError::Other(format!(
+                    "Kafka topic '{topic}' at {brokers}: cannot create the consumer: {e}"
+                ))
+            })?;
+        let mut input = KafkaInput {
+            consumer: Arc::new(consumer),
+            topic: topic.to_string(),
+            brokers,
+            parts: BTreeMap::new(),
+            timeout: conn.connect_timeout,
+            serve_every: Duration::from_millis(stats_interval_ms),
+            next_serve: Instant::now(),
+        };
+        let start: Vec<(u32, u64)> = (0..partitions).map(|p| (p, 0)).collect();
+        input.assign(&start)?;
+        input.wait_for_committed_ends()?;
+        Ok(input)
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The last problem librdkafka reported and retries by itself (e.g. a broker that
+    /// went away), if any: reads return nothing while it lasts.
+    pub fn last_client_error(&self) -> Option<String> {
+        self.consumer.context().lock().client_error.clone()
+    }
+
+    /// Adds `start`'s partitions to the assignment, each at its offset. The one place
+    /// the assigned set grows (a consumer group's assignments will come through here).
+    fn assign(&mut self, start: &[(u32, u64)]) -> Result<(), InputError> {
+        // Split each partition's queue off before the fetcher starts: a queue the
+        // application has forwarded is not forwarded again to the consumer's queue
+        // when fetching starts, so every record of the partition lands in its queue.
+        let mut tpl = TopicPartitionList::new();
+        for &(p, offset) in start {
+            if self.parts.contains_key(&p) {
+                return Err(self.error(p, "assigned twice".to_string()));
+            }
+            let queue = self
+                .consumer
+                .split_partition_queue(&self.topic, p as i32)
+                .ok_or_else(|| self.error(p, "librdkafka gave no queue for it".to_string()))?;
+            self.parts.insert(
+                p,
+                Assigned {
+                    queue,
+                    position: offset,
+                    committed_end: 0,
+                },
+            );
+            tpl.add_partition_offset(&self.topic, p as i32, to_offset(offset))
+                .map_err(|e| self.error(p, format!("cannot assign it at {offset}: {e}")))?;
+        }
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| self.fail(format!("cannot assign partitions: {e}")))
+    }
+
+    /// Waits until every assigned partition has a known committed end (its first fetch
+    /// response, reported by the statistics), within the connect timeout.
+    fn wait_for_committed_ends(&mut self) -> Result<(), InputError> {
+        let started = Instant::now();
+        loop {
+            self.serve_main_queue(Duration::from_millis(20))?;
+            let missing: Vec<u32> = {
+                let ctx = self.consumer.context().lock();
+                self.parts
+                    .keys()
+                    .filter(|p| !ctx.stable_offsets.contains_key(&(**p as i32)))
+                    .copied()
+                    .collect()
+            };
+            if missing.is_empty() {
+                return self.refresh();
+            }
+            if started.elapsed() >= self.timeout {
+                let ctx = self.consumer.context().lock();
+                let why = ctx
+                    .client_error
+                    .as_deref()
+                    .or(ctx.stats_error.as_deref())
+                    .map_or(String::new(), |e| format!(" (last client error: {e})"));
+                return Err(self.fail(format!(
+                    "no committed end known for partitions {missing:?} after {:.1} s: \
+                     the broker sent no fetch response for them{why}",
+                    started.elapsed().as_secs_f64()
+                )));
+            }
+        }
+    }
+
+    /// Serves the consumer's main queue (statistics, client errors), waiting up to
+    /// `first_wait` for the first event. A record there would have bypassed its
+    /// partition's queue: an error, never dropped.
+    fn serve_main_queue(&mut self, first_wait: Duration) -> Result<(), InputError> {
+        self.next_serve = Instant::now() + self.serve_every;
+        let mut wait = first_wait;
+        for _ in 0..MAIN_QUEUE_EVENTS_PER_SERVE {
+            match self.consumer.poll(wait) {
+                // Nothing, or an event served by the context (statistics).
+                None => {}
+                Some(Ok(m)) => {
+                    return Err(self.error(
+                        m.partition().max(0) as u32,
+                        format!(
+                            "a record (offset {}) arrived outside its partition's queue",
+                            m.offset()
+                        ),
+                    ));
+                }
+                // Kept by the context, with librdkafka's reason.
+                Some(Err(e)) if is_retried_by_librdkafka(&e) => {}
+                Some(Err(e)) => return Err(self.fail(format!("consumer error: {e}"))),
+            }
+            wait = Duration::ZERO;
+        }
+        Ok(())
+    }
+
+    /// At the end of `partition`: moves its position over the offsets librdkafka
+    /// consumed without delivering them (control records; aborted records on Kafka).
+    /// librdkafka's application position counts exactly those and the records
+    /// delivered; a seek resets it, so it never points past an unread record.
+    fn catch_up_at_end(&mut self, partition: u32) -> Result<(), InputError> {
+        let positions = self
+            .consumer
+            .position()
+            .map_err(|e| self.error(partition, format!("cannot read its position: {e}")))?;
+        let app = positions
+            .find_partition(&self.topic, partition as i32)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o as u64),
+                _ => None,
+            });
+        if let (Some(app), Some(a)) = (app, self.parts.get_mut(&partition))
+            && app > a.position
+        {
+            a.position = app;
+        }
+        Ok(())
+    }
+
+    fn assigned(&self, partition: u32) -> &Assigned {
+        self.parts.get(&partition).unwrap_or_else(|| {
+            panic!(
+                "partition {partition} of Kafka topic '{}' is not assigned to this input",
+                self.topic
+            )
+        })
+    }
+
+    fn not_assigned(&self, partition: u32) -> InputError {
+        self.error(partition, "not assigned to this input".to_string())
+    }
+
+    fn error(&self, partition: u32, message: String) -> InputError {
+        InputError::Other(format!(
+            "Kafka topic '{}' partition {partition} at {}: {message}",
+            self.topic, self.brokers
+        ))
+    }
+
+    fn fail(&self, message: String) -> InputError {
+        InputError::Other(format!(
+            "Kafka topic '{}' at {}: {message}",
+            self.topic, self.brokers
+        ))
+    }
+}
+
+impl SourceInput for KafkaInput {
+    fn partitions(&self) -> Vec<u32> {
+        self.parts.keys().copied().collect()
+    }
+
+    /// Panics if `partition` is not assigned.
+    fn position(&self, partition: u32) -> u64 {
+        self.assigned(partition).position
+    }
+
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), InputError> {
+        if !self.parts.contains_key(&partition) {
+            return Err(self.not_assigned(partition));
+        }
+        // With a timeout, librdkafka returns once the partition's fetcher has moved
+        // (records fetched before are discarded, the application position reset).
+        self.consumer
+            .seek(
+                &self.topic,
+                partition as i32,
+                to_offset(offset),
+                self.timeout,
+            )
+            .map_err(|e| self.error(partition, format!("cannot seek to {offset}: {e}")))?;
+        if let Some(a) = self.parts.get_mut(&partition) {
+            a.position = offset;
+        }
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        partition: u32,
+        max: usize,
+        buf: &mut RecordBuf,
+    ) -> Result<usize, InputError> {
+        // hot path
+        let Some(a) = self.parts.get_mut(&partition) else {
+            return Err(self.not_assigned(partition));
+        };
+        let mut n = 0;
+        let mut at_end = false;
+        let mut failed = None;
+        while n < max {
+            match a.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    let offset = m.offset();
+                    if offset < 0 || (offset as u64) < a.position {
+                        failed = Some(format!(
+                            "record at offset {offset} is before the position {}: \
+                             it would be read twice",
+                            a.position
+                        ));
+                        break;
+                    }
+                    let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+                    buf.push(
+                        partition,
+                        offset as u64,
+                        ts,
+                        m.key().unwrap_or_default(),
+                        m.payload().unwrap_or_default(),
+                    );
+                    a.position = offset as u64 + 1;
+                    n += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    at_end = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    failed = Some(format!("cannot read at offset {}: {e}", a.position));
+                    break;
+                }
+            }
+        }
+        if let Some(m) = failed {
+            return Err(self.error(partition, m));
+        }
+        if at_end {
+            self.catch_up_at_end(partition)?;
+        }
+        if Instant::now() >= self.next_serve {
+            self.serve_main_queue(Duration::ZERO)?;
+        }
+        Ok(n)
+    }
+
+    /// Panics if `partition` is not assigned.
+    fn committed_end(&self, partition: u32) -> u64 {
+        self.assigned(partition).committed_end
+    }
+
+    fn refresh(&mut self) -> Result<(), InputError> {
+        self.serve_main_queue(Duration::ZERO)?;
+        let ctx = self.consumer.context().lock();
+        if let Some(e) = &ctx.stats_error {
+            return Err(self.fail(format!("unreadable librdkafka statistics: {e}")));
+        }
+        let ends: Vec<(u32, u64)> = self
+            .parts
+            .keys()
+            .filter_map(|p| ctx.stable_offsets.get(&(*p as i32)).map(|o| (*p, *o)))
+            .collect();
+        drop(ctx);
+        for (p, end) in ends {
+            if let Some(a) = self.parts.get_mut(&p) {
+                a.committed_end = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `statistics.interval.ms` from the connection's properties, else the default; 0
+/// (statistics off) is refused: the committed ends come from them.
+pub(crate) fn stats_interval_ms(conn: &KafkaConnection) -> Result<u64, String> {
+    match conn.properties.get("statistics.interval.ms") {
+        None => Ok(DEFAULT_STATS_INTERVAL_MS),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(0) => Err(
+                "statistics.interval.ms = 0 turns off librdkafka's statistics, which the Kafka \
+                 source reads its committed ends from: leave it out or give a positive interval"
+                    .to_string(),
+            ),
+            Ok(ms) => Ok(ms),
+            Err(_) => Err(format!(
+                "statistics.interval.ms must be a whole number of milliseconds, not \"{v}\""
+            )),
+        },
+    }
+}
+
+fn to_offset(offset: u64) -> Offset {
+    Offset::Offset(i64::try_from(offset).unwrap_or(i64::MAX))
+}
+
+/// Connection-level problems librdkafka keeps retrying by itself.
+fn is_retried_by_librdkafka(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+        )
+    )
+}
+
+/// What the consumer's callbacks learn: the partitions' last stable offsets (from the
+/// statistics) and the last client error.
+struct SourceContext {
+    topic: String,
+    state: Mutex<ContextState>,
+}
+
+#[derive(Default)]
+struct ContextState {
+    /// Last stable offset per partition, from the latest statistics that had one.
+    stable_offsets: HashMap<i32, u64>,
+    /// Statistics that could not be read.
+    stats_error: Option<String>,
+    /// The last error librdkafka retries by itself.
+    client_error: Option<String>,
+}
+
+impl SourceContext {
+    fn new(topic: &str) -> Self {
+        SourceContext {
+            topic: topic.to_string(),
+            state: Mutex::new(ContextState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ContextState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, _level: RDKafkaLogLevel, _fac: &str, _message: &str) {}
+
+    fn stats_raw(&self, json: &[u8]) {
+        let parsed = stable_offsets(json, &self.topic);
+        let mut state = self.lock();
+        match parsed {
+            Ok(offsets) => {
+                state.stable_offsets.extend(offsets);
+                state.stats_error = None;
+            }
+            Err(e) => state.stats_error = Some(e),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Every error event passes here, and then comes back from the poll that
+        // served it; the polls decide which ones fail the input. Kept for
+        // `last_client_error` with librdkafka's reason (e.g. "Connect to ... failed").
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        self.lock().client_error = Some(reason.to_string());
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+/// The last stable offset of each partition of `topic` in a librdkafka statistics
+/// report, for the partitions that had a fetch response (librdkafka reports -1001
+/// before). Pure, so that it is tested without a broker.
+pub(crate) fn stable_offsets(json: &[u8], topic: &str) -> Result<Vec<(i32, u64)>, String> {
+    #[derive(Deserialize)]
+    struct Stats {
+        #[serde(default)]
+        topics: HashMap<String, TopicStats>,
+    }
+    #[derive(Deserialize)]
+    struct TopicStats {
+        #[serde(default)]
+        partitions: HashMap<String, PartitionStats>,
+    }
+    #[derive(Deserialize)]
+    struct PartitionStats {
+        partition: i32,
+        ls_offset: i64,
+    }
+    let stats: Stats = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let mut out: Vec<(i32, u64)> = stats
+        .topics
+        .get(topic)
+        .map(|t| {
+            t.partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.ls_offset >= 0)
+                .map(|p| (p.partition, p.ls_offset as u64))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    Ok(out)
+}

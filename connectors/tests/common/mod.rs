@@ -1,0 +1,70 @@
+//! What the broker tests share: the broker's address (or why a test is skipped), names
+//! no other test uses, topics.
+//!
+//! Each test needs `ONCEFLOW_KAFKA_BROKERS` and is skipped with a printed reason when it
+//! is unset, so that `cargo test` alone still works; `scripts/test` sets
+//! `ONCEFLOW_KAFKA_REQUIRED=1`, which turns a missing broker into a failure.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use onceflow_connectors::kafka::{KafkaAdmin, KafkaConnection, TopicConfig};
+
+/// The test broker's address, or `None` (after saying why) when the test is skipped.
+pub fn brokers(test: &str) -> Option<String> {
+    match std::env::var("ONCEFLOW_KAFKA_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => Some(b),
+        _ if std::env::var("ONCEFLOW_KAFKA_REQUIRED").as_deref() == Ok("1") => panic!(
+            "ONCEFLOW_KAFKA_REQUIRED=1 but ONCEFLOW_KAFKA_BROKERS is unset: \
+             start a broker with `scripts/kafka-broker start` and export what it prints"
+        ),
+        _ => {
+            // Straight to stderr: the test harness captures print!/eprint! of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: skipped: ONCEFLOW_KAFKA_BROKERS is unset \
+                 (run `export $(scripts/kafka-broker start)` first; scripts/test does)"
+            );
+            None
+        }
+    }
+}
+
+pub fn connection(brokers: &str) -> KafkaConnection {
+    KafkaConnection::from_broker_list(brokers, Duration::from_secs(10)).unwrap()
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn topic(name: &str, partitions: u32, create: bool) -> TopicConfig {
+    TopicConfig {
+        name: name.to_string(),
+        partitions,
+        replication_factor: None,
+        create,
+        compacted: false,
+        config: BTreeMap::new(),
+    }
+}
+
+pub fn create_topics(admin: &KafkaAdmin, topics: &[TopicConfig]) {
+    let report = admin.ensure_topics(topics).unwrap();
+    assert_eq!(report.created.len(), topics.len(), "{report:?}");
+}
