@@ -62,7 +62,7 @@ fn read_until(input: &mut KafkaInput, partition: u32, end: u64, chunk: usize) ->
             out.len()
         );
         buf.clear();
-        let n = input.read(partition, chunk, &mut buf).unwrap();
+        let n = input.read(partition, chunk, u64::MAX, &mut buf).unwrap();
         assert!(n <= chunk, "{n} records for a read of at most {chunk}");
         assert_eq!(n, buf.len());
         for r in buf.iter() {
@@ -103,7 +103,11 @@ fn assert_nothing_more(input: &mut KafkaInput, partition: u32) {
     let mut buf = RecordBuf::new();
     let until = Instant::now() + Duration::from_millis(300);
     while Instant::now() < until {
-        assert_eq!(input.read(partition, 100, &mut buf).unwrap(), 0, "{buf:?}");
+        assert_eq!(
+            input.read(partition, 100, u64::MAX, &mut buf).unwrap(),
+            0,
+            "{buf:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -231,7 +235,7 @@ fn reads_each_partition_in_offset_order_and_seeks_back() {
     assert_eq!(read_until(&mut input, p, ends[p as usize], 1000), *recs);
 
     let err = input
-        .read(9, 10, &mut RecordBuf::new())
+        .read(9, 10, u64::MAX, &mut RecordBuf::new())
         .unwrap_err()
         .to_string();
     assert!(
@@ -343,6 +347,30 @@ fn a_committed_transaction_is_read_and_caught_up_after_its_control_record() {
     input.seek(0, 2).unwrap();
     let again = read_until(&mut input, 0, 8, 100);
     assert_eq!(offsets(&again), [2, 3, 4, 5, 6]);
+
+    // A read bounded by an offset (how a replay stops exactly at the committed offset)
+    // returns nothing at or past it, whatever was already fetched; the record it polled
+    // past the bound comes with the next read.
+    input.seek(0, 0).unwrap();
+    let mut got = Vec::new();
+    let mut buf = RecordBuf::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while input.position(0) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "bounded read stuck at {}",
+            input.position(0)
+        );
+        buf.clear();
+        input.read(0, 100, 5, &mut buf).unwrap();
+        got.extend(buf.iter().map(|r| r.offset));
+    }
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    buf.clear();
+    assert_eq!(input.read(0, 100, 5, &mut buf).unwrap(), 0);
+    assert_eq!(input.position(0), 5);
+    let rest = read_until(&mut input, 0, 8, 100);
+    assert_eq!(offsets(&rest), [5, 6]);
 }
 
 /// An aborted transaction, then a committed one. Kafka never delivers the aborted

@@ -710,19 +710,20 @@ fn route_loop(
         if !stopping {
             for (idx, inp) in inputs.iter_mut().enumerate() {
                 let source = &mut sources[inp.source];
-                let pos = source.position(inp.partition);
-                let limit = if replaying {
-                    inp.replay_to - pos
+                // Reads stop at an offset (offsets may skip numbers): a replay exactly
+                // at the committed one, a run `--until-end` at the end it started with.
+                let below = if replaying {
+                    inp.replay_to
                 } else if until_end {
-                    inp.end_at_start.saturating_sub(pos)
+                    inp.end_at_start
                 } else {
                     u64::MAX
                 };
-                if limit == 0 {
+                if source.position(inp.partition) >= below {
                     continue;
                 }
                 buf.clear();
-                let got = source.read(inp.partition, READ_CHUNK.min(limit as usize), &mut buf)?;
+                let got = source.read(inp.partition, READ_CHUNK, below, &mut buf)?;
                 if got == 0 {
                     continue;
                 }

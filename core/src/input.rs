@@ -17,12 +17,17 @@ pub trait SourceInput: Send {
     /// Moves `partition` to `offset` (recovery starts each partition at its snapshot's
     /// or committed offset).
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), InputError>;
-    /// Appends up to `max` committed records of `partition` to `buf`, from its position
-    /// on; 0 when none is available now. Never blocks for long.
+    /// Appends up to `max` committed records of `partition` whose offsets are below
+    /// `below` to `buf`, from its position on; 0 when none is available now. A record at
+    /// or past `below` is kept for a later read: offsets may skip numbers (Kafka's
+    /// transaction markers take offsets), so the engine bounds a read by offset, not by
+    /// a count (a replay must stop exactly at the committed offset). Never blocks for
+    /// long.
     fn read(
         &mut self,
         partition: u32,
         max: usize,
+        below: u64,
         buf: &mut RecordBuf,
     ) -> Result<usize, InputError>;
     /// The offset after the last committed record of `partition`, as of the last
@@ -77,9 +82,16 @@ impl SourceInput for LogInput {
         &mut self,
         partition: u32,
         max: usize,
+        below: u64,
         buf: &mut RecordBuf,
     ) -> Result<usize, InputError> {
-        Ok(self.cursors[partition as usize].read(&self.reader, max, buf)?)
+        // The embedded log's offsets are dense: the bound is a count.
+        let c = &mut self.cursors[partition as usize];
+        let room = usize::try_from(below.saturating_sub(c.position())).unwrap_or(usize::MAX);
+        if room == 0 {
+            return Ok(0);
+        }
+        Ok(c.read(&self.reader, max.min(room), buf)?)
     }
 
     fn committed_end(&self, partition: u32) -> u64 {

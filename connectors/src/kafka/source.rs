@@ -71,7 +71,7 @@
 //! let mut buf = RecordBuf::new();
 //! for p in input.partitions() {
 //!     buf.clear();
-//!     let n = input.read(p, 1000, &mut buf)?;
+//!     let n = input.read(p, 1000, u64::MAX, &mut buf)?;
 //!     println!("partition {p}: {n} records, now at {}", input.position(p));
 //! }
 //! # Ok::<(), onceflow_core::input::InputError>(())
@@ -89,7 +89,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -129,6 +129,9 @@ struct Assigned {
     position: u64,
     /// The last stable offset as of the last refresh.
     committed_end: u64,
+    /// A record polled at or past the bound of the read that polled it (`read`'s
+    /// `below`), kept for the next read.
+    kept: Option<OwnedMessage>,
 }
 
 impl fmt::Debug for KafkaInput {
@@ -246,6 +249,7 @@ impl KafkaInput {
                     queue,
                     position: offset,
                     committed_end: 0,
+                    kept: None,
                 },
             );
             tpl.add_partition_offset(&self.topic, p as i32, to_offset(offset))
@@ -394,6 +398,7 @@ impl SourceInput for KafkaInput {
             .map_err(|e| self.error(partition, format!("cannot seek to {offset}: {e}")))?;
         if let Some(a) = self.parts.get_mut(&partition) {
             a.position = offset;
+            a.kept = None;
         }
         Ok(())
     }
@@ -402,6 +407,7 @@ impl SourceInput for KafkaInput {
         &mut self,
         partition: u32,
         max: usize,
+        below: u64,
         buf: &mut RecordBuf,
     ) -> Result<usize, InputError> {
         // hot path
@@ -409,6 +415,16 @@ impl SourceInput for KafkaInput {
             return Err(self.not_assigned(partition));
         };
         let mut n = 0;
+        // A record an earlier read's bound kept back comes first.
+        if let Some(m) = a.kept.take() {
+            if m.offset() as u64 >= below || max == 0 {
+                a.kept = Some(m);
+                return Ok(0);
+            }
+            push(buf, partition, &m);
+            a.position = m.offset() as u64 + 1;
+            n += 1;
+        }
         let mut at_end = false;
         let mut failed = None;
         while n < max {
@@ -424,14 +440,13 @@ impl SourceInput for KafkaInput {
                         ));
                         break;
                     }
-                    let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                    buf.push(
-                        partition,
-                        offset as u64,
-                        ts,
-                        m.key().unwrap_or_default(),
-                        m.payload().unwrap_or_default(),
-                    );
+                    if offset as u64 >= below {
+                        // Past the bound (a replay stops exactly at the committed
+                        // offset): kept, not returned.
+                        a.kept = Some(m.detach());
+                        break;
+                    }
+                    push(buf, partition, &m);
                     a.position = offset as u64 + 1;
                     n += 1;
                 }
@@ -611,4 +626,18 @@ pub(crate) fn stable_offsets(json: &[u8], topic: &str) -> Result<Vec<(i32, u64)>
         .unwrap_or_default();
     out.sort_unstable();
     Ok(out)
+}
+
+/// Appends a Kafka record to `buf`: its timestamp in ms (0 if it has none), key and value
+/// (a null one as empty).
+#[inline]
+fn push<M: Message>(buf: &mut RecordBuf, partition: u32, m: &M) {
+    let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+    buf.push(
+        partition,
+        m.offset() as u64,
+        ts,
+        m.key().unwrap_or_default(),
+        m.payload().unwrap_or_default(),
+    );
 }
