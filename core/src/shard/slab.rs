@@ -37,7 +37,7 @@ impl<T> Slab<T> {
 
     #[inline]
     pub(super) fn push(&mut self, value: T) {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         self.chunks
