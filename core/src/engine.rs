@@ -555,6 +555,10 @@ pub fn run_with_stage<S: Stage>(
                 .expect("spawn committer thread")
         };
 
+        // Epochs committed since the snapshot restored (all of them without one) count
+        // toward `every_epochs`, so frequent restarts do not postpone snapshots forever.
+        let committed = epoch.saturating_sub(1);
+        let trigger = Trigger::after_epochs(committed - restored.epoch.unwrap_or(0).min(committed));
         let routed = route_loop(
             p,
             plan.as_ref(),
@@ -567,6 +571,7 @@ pub fn run_with_stage<S: Stage>(
             &commit_tx,
             &opts,
             &stats,
+            trigger,
         );
         drop(shard_txs);
         drop(commit_tx);
@@ -648,6 +653,7 @@ fn route_loop(
     commit_tx: &Sender<CommitMsg>,
     opts: &RunOptions,
     stats: &Stats,
+    mut trigger: Trigger,
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
     let fan_out = router.fans_out();
@@ -667,7 +673,6 @@ fn route_loop(
     let mut last_refresh = Instant::now();
     let mut o = Outcomes::default();
     let mut until_end = opts.until_end;
-    let mut trigger = Trigger::new();
 
     // Sends every non-empty batch; false if the shards are gone.
     let flush = |batches: &mut Vec<EventBatch>, replay: bool| -> bool {

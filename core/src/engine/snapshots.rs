@@ -156,9 +156,15 @@ pub struct Trigger {
 impl Trigger {
     /// Counting from now.
     pub fn new() -> Self {
+        Trigger::after_epochs(0)
+    }
+
+    /// Counting from now, with `epochs` committed since the last snapshot (by earlier
+    /// runs) already counted toward `every_epochs`.
+    pub fn after_epochs(epochs: u64) -> Self {
         Trigger {
             last_at: Instant::now(),
-            epochs: 0,
+            epochs,
             records: 0,
         }
     }
@@ -486,4 +492,40 @@ pub fn restore<S: Stage>(
     restored.epoch = Some(epoch);
     restored.took = started.elapsed();
     Ok(Ok((starts, restored)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(snapshot: &str) -> Arc<Plan> {
+        let src = format!(
+            "[pipeline]\nname='t'\n[[sources]]\nname='s'\ntype='log'\npath='x'\n[key]\nfield='k'\n[view]\ntopic='v'\n[view.fields]\nn={{op='count'}}\n[snapshot]\n{snapshot}\n"
+        );
+        let p = Pipeline::parse(&src, std::path::Path::new(".")).unwrap();
+        Plan::new(&p).unwrap()
+    }
+
+    #[test]
+    fn epochs_and_records_of_earlier_runs_count_toward_the_next_snapshot() {
+        let p = plan("every_epochs = 3");
+        // Two epochs committed since the last snapshot, by an earlier run: due at the
+        // first barrier of this one.
+        let mut t = Trigger::after_epochs(2);
+        assert!(t.due(&p, 10));
+        p.busy.store(false, Ordering::Release);
+        // Counting starts again after it.
+        assert!(!t.due(&p, 10));
+        assert!(!t.due(&p, 10));
+        assert!(t.due(&p, 10));
+
+        let p = plan("every_records = 100");
+        let mut t = Trigger::new();
+        t.replayed(95);
+        assert!(!t.due(&p, 4));
+        assert!(t.due(&p, 1), "replayed records count");
+        // One at a time: not again while that one is being written.
+        let mut t = Trigger::new();
+        assert!(!t.due(&p, 1000), "busy");
+    }
 }
