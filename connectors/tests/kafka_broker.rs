@@ -16,7 +16,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{brokers, connection, create_topics, topic, unique};
+use common::{brokers, closed_port_address, connection, create_topics, topic, unique};
 
 use onceflow_connectors::kafka::{
     AdminError, Decision, ErrorFacts, KafkaAdmin, KafkaConnection, NewProducerReason, RetryPolicy,
@@ -70,12 +70,7 @@ fn read_committed(conn: &KafkaConnection, topic: &str, partitions: i32) -> Vec<S
 
 #[test]
 fn an_unreachable_broker_is_reported_with_its_address_without_hanging() {
-    // A port nothing listens on: bound by us, then released.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = closed_port_address();
     let conn = KafkaConnection::from_broker_list(&addr, Duration::from_secs(2)).unwrap();
     let started = Instant::now();
     let err = KafkaAdmin::connect(&conn).unwrap_err();

@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{brokers, create_topics, topic, unique};
+use common::{brokers, closed_port_address, create_topics, topic, unique};
 use onceflow_connectors::kafka::{
     KafkaAdmin, KafkaConnection, KafkaConnectionConfig, KafkaInput, PropertyValue,
 };
@@ -449,11 +449,7 @@ fn a_missing_topic_is_an_error_naming_it_and_the_brokers() {
 
 #[test]
 fn an_unreachable_broker_is_reported_with_its_address_and_the_topic() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = closed_port_address();
     let conn = KafkaConnection::from_broker_list(&addr, Duration::from_secs(2)).unwrap();
     let started = Instant::now();
     let err = KafkaInput::new(&conn, "events", "g")

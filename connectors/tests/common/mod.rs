@@ -68,3 +68,12 @@ pub fn create_topics(admin: &KafkaAdmin, topics: &[TopicConfig]) {
     let report = admin.ensure_topics(topics).unwrap();
     assert_eq!(report.created.len(), topics.len(), "{report:?}");
 }
+
+/// The address of a loopback port nothing listens on (bound, then released).
+pub fn closed_port_address() -> String {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    format!("127.0.0.1:{port}")
+}
