@@ -270,27 +270,15 @@ impl<S: Stage> ShardCore<S> {
                 };
                 let entry = match from_base {
                     Some(Ok(e)) => e,
-                    Some(Err(why)) => {
-                        // Checksums and the fingerprint passed, so this is a bug: stop
-                        // the run before anything built on a wrong state commits.
-                        self.fatal.get_or_insert(why);
-                        KeyEntry::new(
-                            hash,
-                            key,
-                            self.cfg.sequence_start,
-                            0,
-                            0,
-                            self.stage.new_state(key),
-                        )
+                    other => {
+                        if let Some(Err(why)) = other {
+                            // Checksums and the fingerprint passed, so this is a bug: stop
+                            // the run before anything built on a wrong state commits.
+                            self.fatal.get_or_insert(why);
+                        }
+                        let state = self.stage.new_state(key);
+                        KeyEntry::new(hash, key, self.cfg.sequence_start, 0, 0, state)
                     }
-                    None => KeyEntry::new(
-                        hash,
-                        key,
-                        self.cfg.sequence_start,
-                        0,
-                        0,
-                        self.stage.new_state(key),
-                    ),
                 };
                 entries.push(entry);
                 v.insert(i);

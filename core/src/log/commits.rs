@@ -84,17 +84,8 @@ pub fn read_commits(dir: &Path) -> Result<Option<Commits>, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::tests::marker;
     use crate::log::{LogOptions, LogWriter};
-
-    fn marker(epoch: u64, inputs: &[(&str, u32, u64)]) -> CommitMarker {
-        CommitMarker {
-            epoch,
-            inputs: inputs
-                .iter()
-                .map(|&(s, p, o)| (s.to_string(), p, o))
-                .collect(),
-        }
-    }
 
     #[test]
     fn agrees_with_the_writer_while_it_holds_the_store() {

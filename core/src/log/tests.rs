@@ -21,7 +21,7 @@ fn opts_small() -> LogOptions {
     }
 }
 
-fn marker(epoch: u64, inputs: &[(&str, u32, u64)]) -> CommitMarker {
+pub(super) fn marker(epoch: u64, inputs: &[(&str, u32, u64)]) -> CommitMarker {
     CommitMarker {
         epoch,
         inputs: inputs
