@@ -13,8 +13,13 @@ use onceflow_core::stats::{DeadReason, Stats};
 
 use crate::{micros, rate, thousands};
 
+/// Reads a pipeline file with every check, the Kafka connector's included.
+pub fn load(path: &Path) -> Result<Pipeline, onceflow_core::config::ConfigErrors> {
+    Pipeline::load_with(path, Some(&onceflow_connectors::kafka::check_settings))
+}
+
 pub fn validate(path: &Path) -> ExitCode {
-    match Pipeline::load(path) {
+    match load(path) {
         Ok(p) => {
             let projections = |ps: &onceflow_core::config::ProjectionsConfig| {
                 format!(
@@ -93,7 +98,7 @@ pub fn run(path: &Path, until_end: bool, quiet: bool, rebuild: bool) -> ExitCode
             return ExitCode::from(2);
         }
     }
-    let p = match Pipeline::load(path) {
+    let p = match load(path) {
         Ok(p) => p,
         Err(e) => {
             eprint!("{e}");
@@ -142,6 +147,16 @@ pub fn run(path: &Path, until_end: bool, quiet: bool, rebuild: bool) -> ExitCode
         stop,
         stats: stats.clone(),
         rebuild,
+        connect: Some(Arc::new(onceflow_connectors::kafka::KafkaConnect)),
+        on_recovery: Some(Arc::new(|r: &engine::Recovery| {
+            eprintln!(
+                "onceflow: {}: {}; recovering from the last commit in {} ms (attempt {})",
+                r.pipeline,
+                r.error,
+                r.wait.as_millis(),
+                r.attempt
+            );
+        })),
         ..RunOptions::default()
     };
     let result = engine::run(&p, opts);

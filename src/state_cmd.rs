@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use onceflow_core::config::Pipeline;
 use onceflow_core::temporal::{self, KeyState, Point};
 use serde_json::json;
 
@@ -40,13 +39,21 @@ pub struct StateArgs {
 }
 
 pub fn main(args: StateArgs) -> ExitCode {
-    let p = match Pipeline::load(&args.pipeline) {
+    let p = match crate::run_cmd::load(&args.pipeline) {
         Ok(p) => p,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(k) = &p.kafka {
+        eprintln!(
+            "error: `onceflow state` rebuilds a key from the state log and the embedded log's inputs; \
+             pipeline '{}' commits to Kafka (group '{}'), which it cannot read yet",
+            p.name, k.group
+        );
+        return ExitCode::from(2);
+    }
     let at = match args.at.as_deref().map(str::parse::<Point>).transpose() {
         Ok(at) => at.unwrap_or(Point::LastCommit),
         Err(e) => {

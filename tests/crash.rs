@@ -1200,6 +1200,8 @@ crash_at_tests! {
     ledger_crash_after_manifest_rename: Ledger, SNAPSHOT_MANIFEST_AFTER_RENAME @ 2;
     ledger_crash_in_retention: Ledger, SNAPSHOT_RETAIN @ 1;
     ledger_crash_in_replay: Ledger, REPLAY_BATCH @ 3;
+    ledger_crash_inside_a_commit: Ledger, COMMIT_BEFORE @ 4;
+    ledger_crash_between_commits: Ledger, COMMIT_AFTER @ 4;
     bank_crash_in_shard_snapshot_write: Bank, SNAPSHOT_SHARD_WRITE @ 300;
     bank_crash_before_shard_file_rename: Bank, SNAPSHOT_SHARD_BEFORE_RENAME @ 2;
     bank_crash_after_shard_file_rename: Bank, SNAPSHOT_SHARD_AFTER_RENAME @ 3;
@@ -1207,6 +1209,8 @@ crash_at_tests! {
     bank_crash_after_manifest_rename: Bank, SNAPSHOT_MANIFEST_AFTER_RENAME @ 2;
     bank_crash_in_retention: Bank, SNAPSHOT_RETAIN @ 1;
     bank_crash_in_replay: Bank, REPLAY_BATCH @ 3;
+    bank_crash_inside_a_commit: Bank, COMMIT_BEFORE @ 4;
+    bank_crash_between_commits: Bank, COMMIT_AFTER @ 4;
 }
 
 #[test]

@@ -4,9 +4,6 @@
 //! `sink.rs`, `tests.rs`) and is listed once in [`connectors()`]. `onceflow-core` never
 //! depends on this crate.
 //!
-//! `kafka` holds the Kafka building blocks (configuration, admin checks, the
-//! transactional error state machine, the source input); it joins [`connectors()`] once
-//! it has a source and a sink wired into pipelines.
 
 pub mod files;
 pub mod kafka;
@@ -26,10 +23,18 @@ pub struct ConnectorInfo {
 
 /// Every connector, in one list.
 pub fn connectors() -> &'static [ConnectorInfo] {
-    &[ConnectorInfo {
-        name: "files",
-        source: true,
-        sink: false,
-        summary: "JSON lines from a file or stdin, appended to an embedded log partitioned by key",
-    }]
+    &[
+        ConnectorInfo {
+            name: "files",
+            source: true,
+            sink: false,
+            summary: "JSON lines from a file or stdin, appended to an embedded log partitioned by key",
+        },
+        ConnectorInfo {
+            name: "kafka",
+            source: true,
+            sink: true,
+            summary: "Kafka topics in, outputs and input offsets committed in one Kafka transaction per epoch",
+        },
+    ]
 }

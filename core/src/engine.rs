@@ -11,15 +11,16 @@
 mod snapshots;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 
 use crate::batch::{EventBatch, OutBuf};
 use crate::commit::{Assembler, Epoch, RouterPart};
-use crate::config::Pipeline;
+use crate::config::{Pipeline, SourceKind};
+use crate::connect::Connect;
 use crate::input::{InputError, LogInput, SourceInput};
 use crate::log::{CommitMarker, LogError, LogOptions, LogReader, RecordBuf};
 use crate::output::{Append, CommitError, CommitTarget, LogTarget, OutputTopic};
@@ -99,7 +100,47 @@ pub enum EngineError {
     /// A worker thread panicked (a bug): nothing of the epoch in progress was committed.
     #[error("internal error: the {0} thread panicked; nothing after the last commit was committed")]
     Panicked(&'static str),
+    /// The pipeline reads or writes a system that this program was built without a
+    /// connector for (no [`RunOptions::connect`]).
+    #[error(
+        "pipeline '{pipeline}' uses {what}, but no connector for it was given (RunOptions::connect)"
+    )]
+    NoConnector {
+        /// Pipeline name.
+        pipeline: String,
+        /// The system, e.g. "Kafka ([kafka])".
+        what: &'static str,
+    },
 }
+
+impl EngineError {
+    /// A failure that a restart from the last commit may get past (see
+    /// [`CommitError::is_transient`]; an unreachable source too). With `[kafka]`,
+    /// [`run`] recovers from these by itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Commit(e) => e.is_transient(),
+            EngineError::Input(InputError::Unavailable(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// One recovery after a transient failure, for observers.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Recoveries in a row without a commit in between (1 for the first).
+    pub attempt: u32,
+    /// What failed.
+    pub error: String,
+    /// How long the engine waits before it starts again.
+    pub wait: Duration,
+    /// The stage: the pipeline's name (a read side is `<name>.projections`).
+    pub pipeline: String,
+}
+
+/// Observer called before every recovery.
+pub type RecoveryHook = Arc<dyn Fn(&Recovery) + Send + Sync>;
 
 /// What one commit did, for observers (load generator, tests).
 #[derive(Debug, Clone)]
@@ -145,6 +186,11 @@ pub struct RunOptions {
     /// definition: remove the snapshots of the old definition and replay (without it, such
     /// a snapshot refuses the run with [`EngineError::ForeignSnapshot`]).
     pub rebuild: bool,
+    /// Opens the systems core has no code for (Kafka): required by a pipeline with
+    /// `[kafka]` (the CLI passes `onceflow_connectors::kafka::KafkaConnect`).
+    pub connect: Option<Arc<dyn Connect>>,
+    /// Called before each recovery from a transient failure (see [`Recovery`]).
+    pub on_recovery: Option<RecoveryHook>,
 }
 
 impl Default for RunOptions {
@@ -159,6 +205,8 @@ impl Default for RunOptions {
             read: None,
             write_side_read: None,
             rebuild: false,
+            connect: None,
+            on_recovery: None,
         }
     }
 }
@@ -220,10 +268,86 @@ fn now_us() -> u64 {
 /// when the write side stops (end of input, or an error) the read side catches up with
 /// everything committed, then stops too. A stop request stops both at once; the read
 /// side catches up at the next start.
+///
+/// With `[kafka]`, a transient failure ([`EngineError::is_transient`]: an aborted or
+/// unknown commit, an unreachable broker) does not end the run: the stage starts again
+/// from its last commit, exactly as a restarted process would (the commit target is
+/// opened anew, which fences what the failed attempt left open; state is restored and
+/// replayed to the committed offsets with outputs suppressed), after a backoff that
+/// grows from 100 ms to 10 s while failures repeat without a commit in between.
 pub fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
     match p.sides() {
         Some((write, read)) => run_sides(&write, &read, opts),
-        None => run_stage_of(p, opts),
+        None => run_recovering(p, opts),
+    }
+}
+
+/// The first wait before a recovery, and the most it grows to.
+const RECOVERY_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(10));
+
+/// Runs one stage; with `[kafka]`, starts it again from its last commit after a
+/// transient failure (see [`run`]).
+fn run_recovering(p: &Pipeline, mut opts: RunOptions) -> Result<RunSummary, EngineError> {
+    if p.kafka.is_none() {
+        return run_stage_of(p, opts);
+    }
+    let hook = opts.on_commit.take().map(|h| Arc::new(Mutex::new(h)));
+    let mut failures = 0u32;
+    let mut first_summary_elapsed = Duration::ZERO;
+    let started = Instant::now();
+    loop {
+        let attempt = RunOptions {
+            until_end: opts.until_end,
+            stop: opts.stop.clone(),
+            stats: opts.stats.clone(),
+            on_commit: hook.clone().map(|h| -> CommitHook {
+                Box::new(move |r: &CommitReport| (h.lock().expect("commit hook lock"))(r))
+            }),
+            drain: opts.drain.clone(),
+            read_side_stats: opts.read_side_stats.clone(),
+            read: opts.read.clone(),
+            write_side_read: opts.write_side_read.clone(),
+            rebuild: opts.rebuild,
+            connect: opts.connect.clone(),
+            on_recovery: None,
+        };
+        let commits_before = opts.stats.commits.load(Ordering::Relaxed);
+        match run_stage_of(p, attempt) {
+            Err(e) if e.is_transient() && !opts.stop.load(Ordering::Relaxed) => {
+                if opts.stats.commits.load(Ordering::Relaxed) > commits_before {
+                    failures = 0;
+                }
+                failures += 1;
+                let wait = RECOVERY_BACKOFF
+                    .0
+                    .saturating_mul(1 << (failures - 1).min(10))
+                    .min(RECOVERY_BACKOFF.1);
+                opts.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("onceflow_recoveries_total").increment(1);
+                if let Some(h) = &opts.on_recovery {
+                    h(&Recovery {
+                        attempt: failures,
+                        error: e.to_string(),
+                        wait,
+                        pipeline: p.name.clone(),
+                    });
+                }
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if opts.stop.load(Ordering::Relaxed) {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(wait));
+                }
+                first_summary_elapsed = started.elapsed();
+            }
+            Ok(mut s) => {
+                s.elapsed += first_summary_elapsed;
+                return Ok(s);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -239,15 +363,9 @@ fn run_sides(
             .aggregate
             .as_ref()
             .expect("a write side has the aggregate");
-        let mut w = LogTarget::open(
-            &write.state_dir,
-            LogOptions {
-                fsync: write.fsync,
-                ..LogOptions::default()
-            },
-        )?;
+        let mut w = open_target(write, &opts)?;
         output_topic(
-            &mut w,
+            w.as_mut(),
             write,
             &a.events_topic,
             a.partitions,
@@ -266,6 +384,8 @@ fn run_sides(
         read: opts.read.take(),
         write_side_read: None,
         rebuild: opts.rebuild,
+        connect: opts.connect.clone(),
+        on_recovery: opts.on_recovery.clone(),
     };
     opts.read = opts.write_side_read.take();
     let stop = opts.stop.clone();
@@ -273,7 +393,7 @@ fn run_sides(
         let reader = std::thread::Builder::new()
             .name("onceflow-read-side".into())
             .spawn_scoped(scope, move || {
-                let r = run_stage_of(read, read_opts);
+                let r = run_recovering(read, read_opts);
                 if r.is_err() {
                     // Without its read side the pipeline is not doing its job: stop it all.
                     stop.store(true, Ordering::Relaxed);
@@ -281,7 +401,7 @@ fn run_sides(
                 r
             })
             .expect("spawn read-side thread");
-        let written = run_stage_of(write, opts);
+        let written = run_recovering(write, opts);
         drain.store(true, Ordering::Relaxed);
         let read_result = reader
             .join()
@@ -335,14 +455,8 @@ pub fn run_with_stage<S: Stage>(
         )));
     }
 
-    // State log: outputs, dead letters and commit markers.
-    let mut target: Box<dyn CommitTarget> = Box::new(LogTarget::open(
-        &p.state_dir,
-        LogOptions {
-            fsync: p.fsync,
-            ..LogOptions::default()
-        },
-    )?);
+    // Outputs, dead letters and commit markers: the state log, or Kafka.
+    let mut target = open_target(p, &opts)?;
     // A source whose name the state log knows but the pipeline no longer has: its output
     // was committed under that name, and a renamed source would start again from offset 0
     // and emit everything a second time.
@@ -356,15 +470,16 @@ pub fn run_with_stage<S: Stage>(
         gone.dedup();
         if !gone.is_empty() {
             return Err(EngineError::Incompatible(format!(
-                "the state log at {} holds committed offsets of source{} {} that the pipeline no longer has; \
+                "{} holds committed offsets of source{} {} that the pipeline no longer has; \
                  a renamed source would be read again from offset 0 and its outputs emitted twice. \
-                 Put the old name back, or move the state directory away to rebuild from the inputs",
-                p.state_dir.display(),
+                 Put the old name back, or {}",
+                where_committed(p),
                 if gone.len() == 1 { "" } else { "s" },
                 gone.iter()
                     .map(|n| format!("'{n}'"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                how_to_rebuild(p)
             )));
         }
     }
@@ -387,6 +502,15 @@ pub fn run_with_stage<S: Stage>(
         .collect::<Result<Vec<_>, _>>()?;
     let dead_topic = target.ensure_topic(&p.dead_letter_topic, 1)?;
     let mut epoch = target.last_commit().map(|m| m.epoch + 1).unwrap_or(1);
+    let epoch_known = target.epoch_known();
+    if !epoch_known && let Some(s) = &p.snapshot {
+        // Snapshots are named by epoch: number on past every one on disk.
+        let newest = crate::snapshot::list(&s.dir)
+            .ok()
+            .and_then(|d| d.first().map(|d| d.epoch))
+            .unwrap_or(0);
+        epoch = epoch.max(newest + 1);
+    }
     // Readers see the state at epoch cuts, once committed: from the last one on.
     let reads = match &opts.read {
         Some(h) => Some(
@@ -401,16 +525,19 @@ pub fn run_with_stage<S: Stage>(
     let mut inputs = Vec::new();
     let mut names = Vec::new();
     for (si, s) in p.sources.iter().enumerate() {
-        let source: Box<dyn SourceInput> = match LogReader::open(&s.path, &s.topic) {
-            Ok(r) => Box::new(LogInput::new(r)?),
-            Err(LogError::NoSuchTopic { .. } | LogError::NotALog { .. }) => {
-                return Err(EngineError::SourceMissing {
-                    source_name: s.name.clone(),
-                    path: s.path.clone(),
-                    topic: s.topic.clone(),
-                });
-            }
-            Err(e) => return Err(e.into()),
+        let source: Box<dyn SourceInput> = match s.kind {
+            SourceKind::Kafka => connector(p, &opts)?.source(p, s)?,
+            SourceKind::Log => match LogReader::open(&s.path, &s.topic) {
+                Ok(r) => Box::new(LogInput::new(r)?),
+                Err(LogError::NoSuchTopic { .. } | LogError::NotALog { .. }) => {
+                    return Err(EngineError::SourceMissing {
+                        source_name: s.name.clone(),
+                        path: s.path.clone(),
+                        topic: s.topic.clone(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let committed = target.committed_inputs(&s.name);
         for part in source.partitions() {
@@ -422,11 +549,15 @@ pub fn run_with_stage<S: Stage>(
             let end = source.committed_end(part);
             if c > end {
                 return Err(EngineError::Incompatible(format!(
-                    "source '{}' partition {part}: the state log says offsets up to {c} were consumed, but the log at {} ends at {end}; \
-                     the input log was replaced or truncated, so the state cannot be trusted: move the state directory {} away to rebuild",
+                    "source '{}' partition {part}: {} says offsets up to {c} were consumed, but {} ends at {end}; \
+                     the input was replaced or truncated, so the state cannot be trusted: {}",
                     s.name,
-                    s.path.display(),
-                    p.state_dir.display()
+                    where_committed(p),
+                    match s.kind {
+                        SourceKind::Log => format!("the log at {}", s.path.display()),
+                        SourceKind::Kafka => format!("Kafka topic '{}'", s.topic),
+                    },
+                    how_to_rebuild(p)
                 )));
             }
             inputs.push(Input {
@@ -470,8 +601,27 @@ pub fn run_with_stage<S: Stage>(
     let mut cores = new_cores();
     let mut restored = Restored::default();
     if let Some(plan) = &plan {
-        let committed_epoch = epoch.saturating_sub(1);
+        // Without the committed epoch, a snapshot is chosen by its offsets alone.
+        let committed_epoch = if epoch_known {
+            epoch.saturating_sub(1)
+        } else {
+            u64::MAX
+        };
         match snapshots::restore(plan, committed_epoch, &names, &mut cores, opts.rebuild)? {
+            Ok((starts, r))
+                if !epoch_known && inputs.iter().zip(&starts).any(|(i, &s)| s > i.replay_to) =>
+            {
+                let mut r = r;
+                r.skipped.push(format!(
+                    "snapshot of epoch {} was read beyond the committed offsets; replaying from the start instead",
+                    r.epoch.unwrap_or(0)
+                ));
+                r.epoch = None;
+                r.keys = 0;
+                r.held = 0;
+                restored = r;
+                cores = new_cores();
+            }
             Ok((starts, r)) => {
                 restored = r;
                 stats.restored_held(restored.held);
@@ -531,12 +681,17 @@ pub fn run_with_stage<S: Stage>(
             );
         }
         drop(pool_tx);
+        // Set when the committer stops with an error: the router stops too (an idle
+        // router would not notice otherwise).
+        let committer_down = Arc::new(AtomicBool::new(false));
         let committer = {
             let stats = stats.clone();
             let names = names.clone();
+            let down = committer_down.clone();
             std::thread::Builder::new()
                 .name("onceflow-committer".into())
                 .spawn_scoped(scope, move || {
+                    let _down = SetOnDrop(down);
                     committer_loop(
                         target,
                         Topics {
@@ -572,6 +727,7 @@ pub fn run_with_stage<S: Stage>(
             &opts,
             &stats,
             trigger,
+            &committer_down,
         );
         drop(shard_txs);
         drop(commit_tx);
@@ -619,7 +775,52 @@ pub fn run_with_stage<S: Stage>(
     })
 }
 
-/// Opens (or creates) an output topic of the state log, refusing a partition count that
+/// The commit target of `p`: its state log, or (with `[kafka]`) the connector's.
+fn open_target(p: &Pipeline, opts: &RunOptions) -> Result<Box<dyn CommitTarget>, EngineError> {
+    if p.kafka.is_some() {
+        return Ok(connector(p, opts)?.target(p)?);
+    }
+    Ok(Box::new(LogTarget::open(
+        &p.state_dir,
+        LogOptions {
+            fsync: p.fsync,
+            ..LogOptions::default()
+        },
+    )?))
+}
+
+fn connector<'a>(p: &Pipeline, opts: &'a RunOptions) -> Result<&'a dyn Connect, EngineError> {
+    opts.connect
+        .as_deref()
+        .ok_or_else(|| EngineError::NoConnector {
+            pipeline: p.name.clone(),
+            what: "Kafka ([kafka])",
+        })
+}
+
+/// Where `p`'s input offsets are committed, for messages.
+fn where_committed(p: &Pipeline) -> String {
+    match &p.kafka {
+        Some(k) => format!("Kafka consumer group '{}'", k.group),
+        None => format!("the state log at {}", p.state_dir.display()),
+    }
+}
+
+/// How to start `p` over from its inputs, for messages.
+fn how_to_rebuild(p: &Pipeline) -> String {
+    match &p.kafka {
+        Some(k) => format!(
+            "start over with a new consumer group ([kafka] group, now '{}') and empty output topics",
+            k.group
+        ),
+        None => format!(
+            "move the state directory {} away to rebuild from the inputs",
+            p.state_dir.display()
+        ),
+    }
+}
+
+/// Opens (or creates) an output topic of the commit target, refusing a partition count that
 /// differs from the one the topic was created with (records of one key would move).
 fn output_topic(
     target: &mut dyn CommitTarget,
@@ -630,9 +831,13 @@ fn output_topic(
 ) -> Result<OutputTopic, EngineError> {
     match target.partitions_of(topic) {
         Some(n) if n != partitions => Err(EngineError::Incompatible(format!(
-            "{setting} of topic '{topic}' is {partitions} but the state log at {} holds it with {n} partitions; \
-             put back {n} partitions, or move the state directory away to rebuild from the inputs",
-            p.state_dir.display(),
+            "{setting} of topic '{topic}' is {partitions} but {} holds it with {n} partitions; \
+             put back {n} partitions, or {}",
+            match p.kafka {
+                Some(_) => "Kafka".to_string(),
+                None => format!("the state log at {}", p.state_dir.display()),
+            },
+            how_to_rebuild(p)
         ))),
         _ => Ok(target.ensure_topic(topic, partitions)?),
     }
@@ -654,6 +859,7 @@ fn route_loop(
     opts: &RunOptions,
     stats: &Stats,
     mut trigger: Trigger,
+    committer_down: &AtomicBool,
 ) -> Result<Duration, EngineError> {
     let n = shard_txs.len();
     let fan_out = router.fans_out();
@@ -688,6 +894,10 @@ fn route_loop(
     };
 
     loop {
+        if committer_down.load(Ordering::Relaxed) {
+            // Its error is the run's (nothing after the last commit was committed).
+            return Ok(recovery);
+        }
         if !until_end
             && opts
                 .drain
@@ -1021,6 +1231,15 @@ struct Topics {
     stage: Vec<OutputTopic>,
 }
 
+/// Sets its flag when dropped: when the thread that holds it ends, however it ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The committer: one atomic transaction per complete epoch.
 #[allow(clippy::too_many_arguments)]
 fn committer_loop(
@@ -1143,6 +1362,7 @@ fn commit_epoch(
             .collect(),
     };
     target.commit(&mut fill, &marker)?;
+    crate::fault::point(crate::fault::COMMIT_AFTER);
     let commit_us = now_us();
     last.copy_from_slice(positions);
     stats.record_latency(&ep.router.stamps, commit_us);

@@ -39,8 +39,16 @@ pub const SNAPSHOT_RETAIN: &str = "snapshot.retain";
 /// not finished replaying.
 pub const REPLAY_BATCH: &str = "replay.batch";
 
+/// Inside an epoch's commit: its records and input offsets are sent, the commit is not
+/// (with Kafka: the transaction is open at the broker, holding the records). `@n` is
+/// the `n`-th commit of the process.
+pub const COMMIT_BEFORE: &str = "commit.before";
+/// An epoch was just committed, before the next begins (a crash between commits).
+pub const COMMIT_AFTER: &str = "commit.after";
 /// Every fault point, in the order a snapshot and a restart reach them.
 pub const KNOWN: &[&str] = &[
+    COMMIT_BEFORE,
+    COMMIT_AFTER,
     SNAPSHOT_SHARD_WRITE,
     SNAPSHOT_SHARD_BEFORE_RENAME,
     SNAPSHOT_SHARD_AFTER_RENAME,

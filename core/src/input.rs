@@ -46,6 +46,10 @@ pub enum InputError {
     /// Another system (its message says which and where).
     #[error("{0}")]
     Other(String),
+    /// The system holding the source cannot be reached now (e.g. no broker answers):
+    /// transient, the engine recovers and tries again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A topic of the embedded log as a source: every partition, read from the files.

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cloudevents;
 pub mod commit;
 pub mod config;
+pub mod connect;
 pub mod decode;
 pub mod engine;
 pub mod expr;

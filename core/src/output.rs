@@ -1,6 +1,6 @@
 //! Where the committer writes an epoch: the seam between the engine and the system that
 //! holds its outputs and its consumed offsets. The embedded state log ([`LogTarget`]) is
-//! one; Kafka transactions (in `onceflow-connectors`) will be the other. Every
+//! one; Kafka transactions (`onceflow-connectors`, `KafkaTarget`) are the other. Every
 //! implementation commits an epoch's records and its input offsets all together or not
 //! at all, and reports the last commit on start (recovery replays up to it).
 
@@ -27,6 +27,13 @@ pub trait CommitTarget: Send {
     fn last_commit(&self) -> Option<CommitMarker>;
     /// The consumed offsets of `source` at the last commit: `(partition, next offset)`.
     fn committed_inputs(&self, source: &str) -> Vec<(u32, u64)>;
+    /// Whether [`last_commit`](Self::last_commit)'s epoch is the committed one. A Kafka
+    /// broker that does not keep the offsets' metadata loses it: the offsets are right,
+    /// the epoch is 0, and the engine numbers its epochs past every snapshot on disk and
+    /// picks a snapshot by its offsets alone.
+    fn epoch_known(&self) -> bool {
+        true
+    }
     /// Commits one epoch, all or nothing: every record `fill` appends, and `marker`
     /// (the epoch and the input offsets after it).
     fn commit(
@@ -52,6 +59,26 @@ pub enum CommitError {
     /// Whether the epoch was committed is not known: recover from what is committed.
     #[error("the outcome of the commit is unknown: {0}")]
     Unknown(String),
+    /// The system holding the outputs cannot be reached now (e.g. no broker answers):
+    /// nothing was committed; transient, the engine recovers and tries again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Nothing of the epoch was committed, and trying again would fail the same way
+    /// (configuration, permissions, a missing topic, a record too large).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CommitError {
+    /// A failure that recovery (a restart from the last commit) may get past: an
+    /// aborted or unknown commit, an unreachable system. Fencing is not one: another
+    /// instance has taken over.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CommitError::Aborted(_) | CommitError::Unknown(_) | CommitError::Unavailable(_)
+        )
+    }
 }
 
 /// The embedded state log as a commit target: records and a commit marker with the
@@ -99,6 +126,7 @@ impl CommitTarget for LogTarget {
     ) -> Result<(), CommitError> {
         let mut tx = self.writer.begin();
         fill(&mut tx);
+        crate::fault::point(crate::fault::COMMIT_BEFORE);
         tx.commit(marker)?;
         Ok(())
     }

@@ -157,6 +157,9 @@ pub struct Stats {
     pub outputs: AtomicU64,
     /// Dead letters committed by this run.
     pub dead_letters: AtomicU64,
+    /// Recoveries after a transient failure (an aborted or unknown commit, an unreachable
+    /// broker): each restarted processing from the last commit.
+    pub recoveries: AtomicU64,
     /// Latest committed epoch.
     pub epoch: AtomicU64,
     /// Append→commit latency (µs) of every new record since the start.
@@ -191,6 +194,7 @@ impl Default for Stats {
             commits: AtomicU64::new(0),
             outputs: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             latency_us: Mutex::new(histogram()),
             recent_latency_us: Mutex::new(histogram()),
@@ -308,6 +312,7 @@ impl Stats {
             commits: self.commits.load(Relaxed),
             outputs: self.outputs.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
+            recoveries: self.recoveries.load(Relaxed),
             epoch: self.epoch.load(Relaxed),
             latency_p50_us: (!lat.is_empty()).then(|| lat.value_at_quantile(0.5)),
             latency_p99_us: (!lat.is_empty()).then(|| lat.value_at_quantile(0.99)),
@@ -349,6 +354,8 @@ pub struct StatsSnapshot {
     pub outputs: u64,
     /// See [`Stats::dead_letters`].
     pub dead_letters: u64,
+    /// See [`Stats::recoveries`].
+    pub recoveries: u64,
     /// See [`Stats::epoch`].
     pub epoch: u64,
     /// Median append→commit latency of new records.

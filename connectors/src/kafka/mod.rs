@@ -1,5 +1,6 @@
-//! Kafka: the building blocks of the exactly-once Kafka source and transactional sink
-//! (not yet wired into pipelines; see `docs/architecture.md`, "Exactly-once with Kafka").
+//! Kafka: the exactly-once Kafka source and transactional commit target of pipelines
+//! with `[kafka]`, reached by the engine through [`KafkaConnect`] (see
+//! `docs/architecture.md`, "Exactly-once with Kafka").
 //!
 //! - `config.rs`: the configuration model (brokers, librdkafka properties passed through,
 //!   topics to check or create) and its pure checks.
@@ -8,6 +9,10 @@
 //! - `errors.rs`: the transactional producer's error state machine, as pure decisions.
 //! - `source.rs`: [`KafkaInput`], a topic as the engine's `SourceInput` (read_committed,
 //!   per-partition queues, committed ends from the last stable offsets).
+//! - `sink.rs`: [`KafkaTarget`], the engine's `CommitTarget`: each epoch's outputs, dead
+//!   letters and input offsets in one transaction.
+//! - this file: [`KafkaConnect`] (the engine's `Connect`) and [`check_settings`] (the
+//!   `[kafka]` checks that need librdkafka).
 //! - `tests.rs`: unit tests (no broker). The tests against a broker are in
 //!   `connectors/tests/kafka_broker.rs` and `connectors/tests/kafka_source.rs`
 //!   (`scripts/kafka-broker`).
@@ -18,6 +23,7 @@
 pub mod admin;
 pub mod config;
 pub mod errors;
+pub mod sink;
 pub mod source;
 #[cfg(test)]
 mod tests;
@@ -30,4 +36,91 @@ pub use errors::{
     AbortReason, Decision, ErrorFacts, ErrorOrigin, FailReason, NewProducerReason, RetryPolicy,
     TxnOp, decide,
 };
+pub use sink::KafkaTarget;
 pub use source::{DEFAULT_STATS_INTERVAL_MS, KafkaInput};
+
+use std::time::Duration;
+
+use onceflow_core::config::{ConfigError, Delivery, KafkaSettings, Pipeline, SourceConfig};
+use onceflow_core::connect::Connect;
+use onceflow_core::input::{InputError, SourceInput};
+use onceflow_core::output::{CommitError, CommitTarget};
+
+/// The Kafka connector as the engine's [`Connect`]: pass it in
+/// `RunOptions::connect` to run pipelines with `[kafka]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaConnect;
+
+/// The connection `[kafka]` describes (checked; the first problem as a message).
+pub fn connection(settings: &KafkaSettings) -> Result<KafkaConnection, String> {
+    connection_config(settings)
+        .validate("kafka")
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+fn connection_config(settings: &KafkaSettings) -> KafkaConnectionConfig {
+    KafkaConnectionConfig {
+        brokers: settings.brokers.clone(),
+        connect_timeout: settings.connect_timeout,
+        properties: settings
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), PropertyValue(v.clone())))
+            .collect(),
+    }
+}
+
+/// The checks of `[kafka]` that need librdkafka, for
+/// [`Pipeline::load_with`](onceflow_core::config::Pipeline::load_with): the brokers'
+/// addresses, every pass-through property (name and value, as librdkafka parses them;
+/// the ones onceflow sets itself are refused), and in exactly-once mode that the commit
+/// interval is shorter than `transaction.timeout.ms`.
+pub fn check_settings(settings: &KafkaSettings, commit_interval: Duration) -> Vec<ConfigError> {
+    match connection_config(settings).validate("kafka") {
+        Err(errors) => errors,
+        Ok(conn) => {
+            let mut errors = Vec::new();
+            if settings.delivery == Delivery::ExactlyOnce
+                && let Err(e) =
+                    check_commit_interval(commit_interval, &conn, "pipeline.commit_interval")
+            {
+                errors.push(e);
+            }
+            if let Err(m) = source::stats_interval_ms(&conn) {
+                errors.push(ConfigError {
+                    path: "kafka.properties.\"statistics.interval.ms\"".into(),
+                    line: None,
+                    message: m,
+                });
+            }
+            errors
+        }
+    }
+}
+
+impl Connect for KafkaConnect {
+    fn target(&self, p: &Pipeline) -> Result<Box<dyn CommitTarget>, CommitError> {
+        let settings = p.kafka.as_ref().ok_or_else(|| {
+            CommitError::Failed(format!("pipeline '{}' has no [kafka] section", p.name))
+        })?;
+        let conn = connection(settings).map_err(CommitError::Failed)?;
+        Ok(Box::new(KafkaTarget::open(&conn, settings, p)?))
+    }
+
+    fn source(&self, p: &Pipeline, s: &SourceConfig) -> Result<Box<dyn SourceInput>, InputError> {
+        let settings = p.kafka.as_ref().ok_or_else(|| {
+            InputError::Other(format!(
+                "source '{}' is a Kafka source but pipeline '{}' has no [kafka] section",
+                s.name, p.name
+            ))
+        })?;
+        let conn = connection(settings).map_err(InputError::Other)?;
+        Ok(Box::new(KafkaInput::new(&conn, &s.topic, &settings.group)?))
+    }
+}

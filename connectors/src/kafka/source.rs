@@ -1,8 +1,8 @@
 //! A Kafka topic as an onceflow source: [`KafkaInput`] implements the engine's
 //! [`SourceInput`] for one topic, read with `isolation.level=read_committed`.
 //!
-//! Not yet a pipeline source (nothing registers it); this is the reading half the
-//! wiring will build on. What it does and why:
+//! A source of `type = "kafka"` in a pipeline with `[kafka]` is one (built by
+//! [`KafkaConnect`](super::KafkaConnect)). What it does and why:
 //!
 //! - **Assignment.** Every partition of the topic is assigned manually
 //!   (`incremental_assign`, no group subscription: no group coordination, records flow
@@ -93,7 +93,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use super::admin::KafkaAdmin;
+use super::admin::{AdminError, KafkaAdmin};
 use super::config::KafkaConnection;
 
 /// How often librdkafka reports the partitions' last stable offsets, unless the
@@ -166,8 +166,12 @@ impl KafkaInput {
         group_id: &str,
     ) -> Result<KafkaInput, InputError> {
         let brokers = conn.bootstrap_servers.clone();
-        let admin = KafkaAdmin::connect(conn)
-            .map_err(|e| InputError::Other(format!("Kafka topic '{topic}': {e}")))?;
+        let admin = KafkaAdmin::connect(conn).map_err(|e| match e {
+            AdminError::Unreachable { .. } => {
+                InputError::Unavailable(format!("Kafka topic '{topic}': {e}"))
+            }
+            other => InputError::Other(format!("Kafka topic '{topic}': {other}")),
+        })?;
         let partitions = admin
             .partition_counts(&[topic])
             .map_err(|e| InputError::Other(format!("Kafka topic '{topic}': {e}")))?
@@ -442,7 +446,11 @@ impl SourceInput for KafkaInput {
                     }
                     if offset as u64 >= below {
                         // Past the bound (a replay stops exactly at the committed
-                        // offset): kept, not returned.
+                        // offset): kept, not returned. The offsets before it that
+                        // were not delivered (transaction markers, aborted records)
+                        // are passed: the position moves up to it, so that a bound
+                        // on such an offset is reached.
+                        a.position = offset as u64;
                         a.kept = Some(m.detach());
                         break;
                     }

@@ -5,6 +5,7 @@
 //! I/O (`Engine::open`). The reference for every key is `docs/configuration.md`.
 
 mod aggregate;
+mod kafka;
 mod projection;
 mod upcast;
 mod walk;
@@ -17,6 +18,7 @@ pub use aggregate::{
     AggregateConfig, CLOUDEVENT_EXTENSIONS, CommandHandler, EVENT_FIELDS, EmitSpec, EventType,
     Expr, Rule, StateField, slots,
 };
+pub use kafka::{Delivery, KafkaSettings};
 pub use projection::{
     Handler, MAX_PROJECTIONS, ProjectionConfig, ProjectionsConfig, RowField,
     slots as projection_slots,
@@ -111,14 +113,26 @@ pub enum Format {
     CloudEvents,
 }
 
+/// What system a source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A topic of an embedded log (`type = "log"`).
+    Log,
+    /// A Kafka topic (`type = "kafka"`), at the pipeline's `[kafka]` cluster.
+    Kafka,
+}
+
 /// Where records come from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     /// Unique name; committed offsets are stored under it.
     pub name: String,
-    /// Embedded log directory (resolved against the pipeline file's folder).
+    /// The system read.
+    pub kind: SourceKind,
+    /// Embedded log directory (resolved against the pipeline file's folder); empty for
+    /// a Kafka source.
     pub path: PathBuf,
-    /// Topic inside the log.
+    /// Topic inside the log, or the Kafka topic.
     pub topic: String,
     /// Record format.
     pub format: Format,
@@ -259,7 +273,14 @@ pub struct Pipeline {
     pub dead_letter_topic: String,
     /// Snapshots of the shards' state; `None`: recovery replays the inputs from the start.
     pub snapshot: Option<SnapshotConfig>,
+    /// `[kafka]`: with it, the sources are Kafka topics, and outputs, dead letters and
+    /// input offsets are committed to Kafka instead of the state log.
+    pub kafka: Option<KafkaSettings>,
 }
+
+/// The checks of `[kafka]` that need the Kafka client library (the connector's): given
+/// the section and the commit interval, every problem found, each with its TOML path.
+pub type KafkaCheck<'a> = &'a dyn Fn(&KafkaSettings, Duration) -> Vec<ConfigError>;
 
 /// Defaults, in one place.
 pub mod defaults {
@@ -300,7 +321,17 @@ fn valid_name(s: &str) -> bool {
 
 impl Pipeline {
     /// Reads and checks a pipeline file; relative paths resolve against its folder.
+    /// `[kafka]` gets only core's checks: see [`load_with`](Self::load_with).
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::load_with(path, None)
+    }
+
+    /// [`load`](Self::load), with the Kafka connector's checks of `[kafka]` reported
+    /// together with the rest.
+    pub fn load_with(
+        path: &Path,
+        kafka_check: Option<KafkaCheck<'_>>,
+    ) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: file.clone(),
@@ -311,11 +342,20 @@ impl Pipeline {
             }],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&src, &base).map_err(|errors| ConfigErrors { file, errors })
+        Self::parse_with(&src, &base, kafka_check).map_err(|errors| ConfigErrors { file, errors })
     }
 
     /// Checks a pipeline given as text. `base` is the folder relative paths resolve against.
     pub fn parse(src: &str, base: &Path) -> Result<Self, Vec<ConfigError>> {
+        Self::parse_with(src, base, None)
+    }
+
+    /// [`parse`](Self::parse), with the Kafka connector's checks of `[kafka]`.
+    pub fn parse_with(
+        src: &str,
+        base: &Path,
+        kafka_check: Option<KafkaCheck<'_>>,
+    ) -> Result<Self, Vec<ConfigError>> {
         let mut cx = Cx::new(src);
         let (doc, parse_errors) = toml::de::DeTable::parse_recoverable(src);
         for e in parse_errors {
@@ -377,6 +417,14 @@ impl Pipeline {
             state_dir.unwrap_or_else(|| format!("data/{}", name.as_deref().unwrap_or("pipeline"))),
         );
 
+        // [kafka]
+        let mut kt = root.table(&mut cx, "kafka");
+        let kafka = kafka::parse(&mut cx, &mut kt, name.as_deref().unwrap_or("pipeline"));
+        kt.finish(&mut cx);
+        if let (Some(k), Some(check)) = (&kafka, kafka_check) {
+            cx.errors.extend(check(k, commit_interval));
+        }
+
         // [[sources]]
         let mut sources = Vec::new();
         let source_tables = root.tables(&mut cx, "sources");
@@ -407,18 +455,48 @@ impl Pipeline {
                     );
                 }
             }
-            let ty = s.choice(&mut cx, "type", &["log"]);
+            let ty = s.choice(&mut cx, "type", &["log", "kafka"]);
             if ty.is_none() && s.keys().iter().all(|k| k != "type") {
                 cx.error(
                     &walk::join(&s.path, "type"),
                     s.span(),
-                    "is required (\"log\": the embedded log)",
+                    "is required (\"log\": the embedded log; \"kafka\": a Kafka topic)",
                 );
             }
-            let path = s.required_string(&mut cx, "path");
-            let topic = s
-                .string(&mut cx, "topic")
-                .unwrap_or_else(|| "events".into());
+            let kind = match ty.as_deref() {
+                Some("kafka") => SourceKind::Kafka,
+                _ => SourceKind::Log,
+            };
+            let path = match kind {
+                SourceKind::Log => s.required_string(&mut cx, "path"),
+                SourceKind::Kafka => {
+                    for key in ["path", "load", "load_partitions"] {
+                        if s.raw(key).is_some() {
+                            cx.error(
+                                &walk::join(&s.path, key),
+                                s.span(),
+                                "is for a source of type \"log\"; a Kafka source reads its `topic` at the [kafka] brokers",
+                            );
+                        }
+                    }
+                    if kafka.is_none() {
+                        cx.error(
+                            &walk::join(&s.path, "type"),
+                            s.span(),
+                            "a Kafka source needs a [kafka] section with the brokers, e.g. [kafka] brokers = [\"127.0.0.1:9092\"]",
+                        );
+                    }
+                    Some(String::new())
+                }
+            };
+            let topic = match kind {
+                SourceKind::Log => s
+                    .string(&mut cx, "topic")
+                    .unwrap_or_else(|| "events".into()),
+                SourceKind::Kafka => s
+                    .required_string(&mut cx, "topic")
+                    .unwrap_or_else(|| "events".into()),
+            };
             if !valid_name(&topic) {
                 cx.error(
                     &walk::join(&s.path, "topic"),
@@ -442,13 +520,28 @@ impl Pipeline {
             if let (Some(name), Some(path)) = (sname, path) {
                 sources.push(SourceConfig {
                     name,
-                    path: resolve(path),
+                    kind,
+                    path: if path.is_empty() {
+                        PathBuf::new()
+                    } else {
+                        resolve(path)
+                    },
                     topic,
                     format,
                     load,
                     load_partitions,
                 });
             }
+        }
+
+        if kafka.is_some()
+            && let Some(i) = sources.iter().position(|s| s.kind == SourceKind::Log)
+        {
+            cx.error(
+                &format!("sources[{i}].type"),
+                None,
+                "a pipeline with [kafka] commits its input offsets in Kafka transactions, which can only hold Kafka offsets: every source must be of type \"kafka\" (or remove [kafka] to run on the embedded log)",
+            );
         }
 
         // [[projections]] (read before [key] and [view]: a projection pipeline needs neither)
@@ -792,6 +885,7 @@ impl Pipeline {
             projections,
             dead_letter_topic,
             snapshot,
+            kafka,
         })
     }
 
@@ -814,7 +908,16 @@ impl Pipeline {
             state_dir: self.state_dir.join("projections"),
             sources: vec![SourceConfig {
                 name: a.events_topic.clone(),
-                path: self.state_dir.clone(),
+                kind: if self.kafka.is_some() {
+                    SourceKind::Kafka
+                } else {
+                    SourceKind::Log
+                },
+                path: if self.kafka.is_some() {
+                    PathBuf::new()
+                } else {
+                    self.state_dir.clone()
+                },
                 topic: a.events_topic.clone(),
                 format: if a.cloudevents_source.is_some() {
                     Format::CloudEvents
@@ -841,6 +944,11 @@ impl Pipeline {
             snapshot: self.snapshot.clone().map(|s| SnapshotConfig {
                 dir: self.state_dir.join("projections").join("snapshots"),
                 ..s
+            }),
+            // Its own consumer group and transactional ids.
+            kafka: self.kafka.clone().map(|k| KafkaSettings {
+                group: format!("{}.projections", k.group),
+                ..k
             }),
             ..self.clone()
         };

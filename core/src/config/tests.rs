@@ -68,7 +68,7 @@ colour = "blue"
 
 [[sources]]
 name = "ledger"
-type = "kafka"
+type = "kafak"
 
 [key]
 feld = "account"
@@ -88,7 +88,7 @@ total = { op = "average", field = "amount" }
         "pipeline.shards (line 4): must be between 1 and 256, got 0",
         "pipeline.commit_interval (line 5): invalid duration \"fast\"",
         "pipeline.colour (line 6): unknown key",
-        "sources[0].type (line 10): unknown value \"kafka\"",
+        "sources[0].type (line 10): unknown value \"kafak\"",
         "sources[0].path",
         "key.feld (line 13): unknown key; did you mean \"field\"?",
         "key.field",
@@ -240,4 +240,89 @@ split = [{{ set = {{ a = "1" }}, remove = ["a"] }}, {{ set = {{ account = "event
         assert!(joined.contains(&needle), "missing {needle:?} in:\n{joined}");
     }
     assert_eq!(errs.len(), 9, "{joined}");
+}
+
+const KAFKA: &str = r#"
+[pipeline]
+name = "payments"
+
+[kafka]
+brokers = ["127.0.0.1:9092"]
+properties = { "linger.ms" = 5, "enable.ssl.certificate.verification" = false, "compression.type" = "lz4" }
+
+[[sources]]
+name = "payments"
+type = "kafka"
+topic = "payments"
+
+[key]
+field = "account"
+
+[view]
+topic = "balances"
+fields.balance = { op = "sum", field = "amount" }
+"#;
+
+#[test]
+fn a_kafka_pipeline_has_its_defaults() {
+    let p = Pipeline::parse(KAFKA, Path::new("/base")).unwrap();
+    let k = p.kafka.as_ref().unwrap();
+    assert_eq!(k.brokers, ["127.0.0.1:9092"]);
+    assert_eq!(k.group, "onceflow.payments");
+    assert_eq!(k.transactional_id(), "onceflow.payments.0");
+    assert_eq!(k.delivery, Delivery::ExactlyOnce);
+    assert!(k.create_topics);
+    assert_eq!(k.connect_timeout, Duration::from_secs(10));
+    assert_eq!(k.properties["linger.ms"], "5");
+    assert_eq!(k.properties["enable.ssl.certificate.verification"], "false");
+    assert_eq!(p.sources[0].kind, SourceKind::Kafka);
+    assert_eq!(p.sources[0].path, PathBuf::new());
+}
+
+#[test]
+fn kafka_mistakes_are_reported_together_with_the_connector_checks() {
+    let src = KAFKA
+        .replace(
+            "type = \"kafka\"\ntopic = \"payments\"",
+            "type = \"kafka\"\npath = \"x\"",
+        )
+        .replace(
+            "[kafka]\n",
+            "[kafka]\ninstance = \"a b\"\ndelivery = \"twice\"\n",
+        )
+        + "\n[[sources]]\nname = \"old\"\ntype = \"log\"\npath = \"log\"\n";
+    let check = |k: &KafkaSettings, interval: Duration| {
+        assert_eq!(interval, defaults::COMMIT_INTERVAL);
+        vec![ConfigError {
+            path: "kafka.properties.\"linger.ms\"".into(),
+            line: None,
+            message: format!("checked {} brokers", k.brokers.len()),
+        }]
+    };
+    let errs = Pipeline::parse_with(&src, Path::new("/b"), Some(&check)).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "kafka.instance",
+        "kafka.delivery",
+        "kafka.properties.\"linger.ms\"",
+        "sources[0].path",
+        "sources[0].topic",
+        "sources[1].type",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {errs:#?}");
+    }
+}
+
+#[test]
+fn a_kafka_source_needs_the_kafka_section() {
+    let src = KAFKA.replace(
+        "[kafka]\nbrokers = [\"127.0.0.1:9092\"]\nproperties = { \"linger.ms\" = 5, \"enable.ssl.certificate.verification\" = false, \"compression.type\" = \"lz4\" }\n",
+        "",
+    );
+    let errs = Pipeline::parse(&src, Path::new("/b")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "sources[0].type" && e.message.contains("[kafka]")),
+        "{errs:#?}"
+    );
 }

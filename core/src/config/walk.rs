@@ -207,6 +207,83 @@ impl<'a, 'i> Table<'a, 'i> {
         })
     }
 
+    /// A boolean.
+    pub(crate) fn bool(&mut self, cx: &mut Cx<'_>, key: &str) -> Option<bool> {
+        let v = self.raw(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(cx, key, v, "true or false");
+                None
+            }
+        }
+    }
+
+    /// An array of strings.
+    pub(crate) fn strings(&mut self, cx: &mut Cx<'_>, key: &str) -> Option<Vec<String>> {
+        let v = self.raw(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(cx, key, v, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(s.to_string()),
+                other => cx.error(
+                    &format!("{}[{i}]", join(&self.path, key)),
+                    Some(item.span()),
+                    format!("expected a string, found {}", type_name(other)),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// A table of scalars (strings, numbers, booleans), each as its string form: the
+    /// shape of pass-through properties such as librdkafka's.
+    pub(crate) fn scalar_map(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(v) = self.raw(key) else {
+            return out;
+        };
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(
+                cx,
+                key,
+                v,
+                "a table of properties, e.g. { \"linger.ms\" = 5 }",
+            );
+            return out;
+        };
+        for (k, item) in t.iter() {
+            let value = match item.get_ref() {
+                DeValue::String(s) => s.to_string(),
+                DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                    .map_or_else(|_| i.as_str().to_string(), |n| n.to_string()),
+                DeValue::Float(f) => f.as_str().replace('_', ""),
+                DeValue::Boolean(b) => b.to_string(),
+                other => {
+                    cx.error(
+                        &format!("{}.\"{}\"", join(&self.path, key), k.get_ref()),
+                        Some(item.span()),
+                        format!(
+                            "expected a string, number or boolean, found {}",
+                            type_name(other)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            out.insert(k.get_ref().to_string(), value);
+        }
+        out
+    }
+
     /// An integer within `min..=max`.
     pub(crate) fn int(&mut self, cx: &mut Cx<'_>, key: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.raw(key)?;

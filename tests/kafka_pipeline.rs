@@ -1,0 +1,526 @@
+//! `onceflow run` on a pipeline with `[kafka]`, end to end against the test broker
+//! (`scripts/kafka-broker start`; DEVELOPERS.md): inputs produced to a Kafka topic, the
+//! outputs read back with `read_committed`.
+//!
+//! Skipped without `ONCEFLOW_KAFKA_BROKERS`, a failure with `ONCEFLOW_KAFKA_REQUIRED=1`
+//! (`scripts/test` sets both).
+//!
+//! The test broker (Tansu 0.6.0) hands the records of *aborted* transactions to
+//! read_committed consumers; Kafka does not. A test that crashes inside a transaction
+//! therefore checks what onceflow does (it restarts from the committed offsets and its
+//! committed transactions hold every output once) and counts the records of the aborted
+//! transaction separately, instead of asserting that the broker hid them.
+
+mod common;
+#[path = "../connectors/tests/common/mod.rs"]
+mod kafka;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::bin;
+use onceflow_connectors::kafka::KafkaAdmin;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The names one test uses.
+struct Names {
+    group: String,
+    input: String,
+    view: String,
+    dead: String,
+}
+
+impl Names {
+    fn new(test: &str) -> Names {
+        Names {
+            group: kafka::unique(&format!("{test}-group")),
+            input: kafka::unique(&format!("{test}-in")),
+            view: kafka::unique(&format!("{test}-balances")),
+            dead: kafka::unique(&format!("{test}-dead")),
+        }
+    }
+}
+
+const INPUT_PARTITIONS: u32 = 3;
+const VIEW_PARTITIONS: u32 = 2;
+
+/// A ledger: the balance per account, one upsert per event (so every event's output
+/// can be checked), sequence-checked per account.
+fn pipeline(dir: &Path, brokers: &str, n: &Names, extra: &str) -> PathBuf {
+    let path = dir.join("ledger.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[pipeline]
+name = "kafka-ledger"
+shards = 2
+commit_interval = "100ms"
+state_dir = "state"
+
+[kafka]
+brokers = ["{brokers}"]
+group = "{group}"
+properties = {{ "fetch.wait.max.ms" = 50, "statistics.interval.ms" = 100 }}
+{extra}
+
+[[sources]]
+name = "payments"
+type = "kafka"
+topic = "{input}"
+
+[key]
+field = "account"
+sequence = "seq"
+
+[view]
+topic = "{view}"
+partitions = {VIEW_PARTITIONS}
+emit = "per_event"
+fields.balance = {{ op = "sum", field = "amount" }}
+
+[dead_letter]
+topic = "{dead}"
+"#,
+            group = n.group,
+            input = n.input,
+            view = n.view,
+            dead = n.dead,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn create_input(brokers: &str, n: &Names) {
+    let admin = KafkaAdmin::connect(&kafka::connection(brokers)).unwrap();
+    kafka::create_topics(&admin, &[kafka::topic(&n.input, INPUT_PARTITIONS, true)]);
+}
+
+/// Payment `seq` (1-based) of `account`: amounts 1, 2, 3, ...
+fn payment(account: u32, seq: u64) -> (String, String) {
+    (
+        format!("acct-{account}"),
+        format!(r#"{{"account":"acct-{account}","seq":{seq},"amount":{seq}}}"#),
+    )
+}
+
+/// Produces `records` (key, value) to `topic`, each account to a partition by its
+/// number (so per-account order holds), and flushes.
+fn produce(brokers: &str, topic: &str, records: &[(String, String)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        let account: u32 = k.trim_start_matches("acct-").parse().unwrap();
+        let mut rec = BaseRecord::to(topic)
+            .partition((account % INPUT_PARTITIONS) as i32)
+            .key(k)
+            .payload(v);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+fn payments(accounts: u32, seqs: std::ops::RangeInclusive<u64>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in seqs {
+        for a in 0..accounts {
+            out.push(payment(a, s));
+        }
+    }
+    out
+}
+
+/// One output as read: partition, offset, key, value.
+#[derive(Debug, Clone)]
+struct Out {
+    partition: i32,
+    key: String,
+    value: serde_json::Value,
+}
+
+/// Everything in `topic` (all partitions, from the start) as a read_committed consumer
+/// sees it: reads until every partition reports its end.
+fn read_all(brokers: &str, topic: &str, partitions: u32) -> Vec<Out> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", kafka::unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut at_end = vec![false; partitions as usize];
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !at_end.iter().all(|e| *e) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: no end after 30 s"
+        );
+        match c.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                at_end[m.partition() as usize] = false;
+                out.push(Out {
+                    partition: m.partition(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    value: serde_json::from_slice(m.payload().unwrap_or_default())
+                        .unwrap_or(serde_json::Value::Null),
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+        }
+    }
+    out
+}
+
+/// The view's upserts per account: the `version`s in the order read.
+fn versions(outs: &[Out]) -> BTreeMap<String, Vec<u64>> {
+    let mut m: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for o in outs {
+        m.entry(o.key.clone())
+            .or_default()
+            .push(o.value["version"].as_u64().unwrap_or(0));
+    }
+    m
+}
+
+/// Every account has versions 1..=n, each once, in order; its last balance is 1+…+n.
+fn assert_exactly_once(outs: &[Out], accounts: u32, n: u64) {
+    let v = versions(outs);
+    assert_eq!(
+        v.len(),
+        accounts as usize,
+        "accounts in the view: {:?}",
+        v.keys()
+    );
+    for (k, vs) in &v {
+        let want: Vec<u64> = (1..=n).collect();
+        assert_eq!(vs, &want, "versions of {k}");
+    }
+    for o in outs {
+        if o.value["version"].as_u64() == Some(n) {
+            assert_eq!(o.value["balance"].as_u64(), Some(n * (n + 1) / 2), "{o:?}");
+        }
+    }
+    // One key, one partition.
+    let mut parts: BTreeMap<&str, i32> = BTreeMap::new();
+    for o in outs {
+        assert_eq!(
+            *parts.entry(&o.key).or_insert(o.partition),
+            o.partition,
+            "{o:?}"
+        );
+    }
+}
+
+fn run_until_end(pipeline: &Path) -> String {
+    let out = bin()
+        .args(["run", "--until-end", "--quiet"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "run failed:\n{stdout}\n{stderr}");
+    stdout + &stderr
+}
+
+/// The committed offsets of the group, per input partition.
+fn committed(brokers: &str, n: &Names) -> Vec<(i32, i64, String)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &n.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..INPUT_PARTITIONS {
+        tpl.add_partition(&n.input, p as i32);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                },
+                e.metadata().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn outputs_and_offsets_commit_together_and_a_restart_continues() {
+    let Some(brokers) = kafka::brokers("outputs_and_offsets_commit_together") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("eo");
+    create_input(&brokers, &n);
+    let pipeline = pipeline(dir.path(), &brokers, &n, "");
+    produce(&brokers, &n.input, &payments(6, 1..=50));
+    let out = run_until_end(&pipeline);
+    assert!(out.contains("300"), "{out}");
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_eq!(outs.len(), 300, "{out}");
+    assert_exactly_once(&outs, 6, 50);
+    // The offsets are committed with the epoch as their metadata (which the test
+    // broker drops: it returns "").
+    for (p, off, meta) in committed(&brokers, &n) {
+        assert!(off > 0, "partition {p}: {off}");
+        assert!(
+            meta.starts_with("onceflow:epoch=") || meta.is_empty(),
+            "partition {p}: {meta:?}"
+        );
+    }
+
+    // A restart reads on from the committed offsets: no output twice, state kept
+    // (rebuilt by replaying the committed inputs: no [snapshot] here).
+    produce(&brokers, &n.input, &payments(6, 51..=80));
+    let out = run_until_end(&pipeline);
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_eq!(outs.len(), 480, "{out}");
+    assert_exactly_once(&outs, 6, 80);
+
+    // Nothing new: nothing written.
+    run_until_end(&pipeline);
+    assert_eq!(read_all(&brokers, &n.view, VIEW_PARTITIONS).len(), 480);
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_in_the_same_transactions() {
+    let Some(brokers) = kafka::brokers("bad_records_go_to_the_dead_letter_topic") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("dlq");
+    create_input(&brokers, &n);
+    let pipeline = pipeline(dir.path(), &brokers, &n, "");
+    let mut records = payments(2, 1..=3);
+    records.push(("acct-0".into(), "not json".into()));
+    records.push(payment(1, 3)); // a duplicate: dropped, counted
+    records.push(("acct-1".into(), r#"{"seq":4,"amount":1}"#.into())); // no key field
+    produce(&brokers, &n.input, &records);
+    let out = run_until_end(&pipeline);
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_exactly_once(&outs, 2, 3);
+    let dead = read_all(&brokers, &n.dead, 1);
+    assert_eq!(dead.len(), 2, "{dead:?}\n{out}");
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d.value["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert!(reasons.contains(&"malformed_json"), "{reasons:?}");
+    assert!(reasons.contains(&"missing_key"), "{reasons:?}");
+}
+
+/// Runs the pipeline tailing (no `--until-end`) with `fault` armed; waits for it to
+/// die by the fault's SIGKILL. Returns its stderr.
+fn run_to_fault(pipeline: &Path, fault: &str) -> String {
+    let child = bin()
+        .args(["run", "--quiet"])
+        .arg(pipeline)
+        .env("ONCEFLOW_FAULT", fault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(&format!("fault point {fault} reached")),
+        "it did not die at the fault point: {err}"
+    );
+    err
+}
+
+#[test]
+fn sigkill_between_commits_resumes_from_the_committed_offsets() {
+    let Some(brokers) = kafka::brokers("sigkill_between_commits") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("kill-between");
+    create_input(&brokers, &n);
+    // Small epochs: many commits.
+    let pipeline = pipeline(dir.path(), &brokers, &n, "");
+    std::fs::write(
+        &pipeline,
+        std::fs::read_to_string(&pipeline)
+            .unwrap()
+            .replace("commit_interval = \"100ms\"", "commit_interval = \"20ms\""),
+    )
+    .unwrap();
+    produce(&brokers, &n.input, &payments(4, 1..=20));
+    run_to_fault(&pipeline, "commit.after@1");
+    let first = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert!(!first.is_empty(), "the first commit holds outputs");
+    produce(&brokers, &n.input, &payments(4, 21..=40));
+    run_until_end(&pipeline);
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_eq!(outs.len(), 160);
+    assert_exactly_once(&outs, 4, 40);
+}
+
+#[test]
+fn sigkill_inside_a_transaction_aborts_it_and_reprocesses() {
+    let Some(brokers) = kafka::brokers("sigkill_inside_a_transaction") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("kill-inside");
+    create_input(&brokers, &n);
+    let pipeline = pipeline(dir.path(), &brokers, &n, "");
+    produce(&brokers, &n.input, &payments(4, 1..=30));
+    // The first transaction has its records and offsets at the broker, and is never
+    // committed: the process dies first.
+    run_to_fault(&pipeline, "commit.before@1");
+    // Kafka keeps a transaction's offsets pending until it commits, and drops them when
+    // it aborts. The test broker applies them at once (a second gap of it): then the
+    // open transaction's offsets and records both stand, as if it had committed.
+    let applied = committed(&brokers, &n).iter().any(|(_, off, _)| *off > 0);
+    // The restart's producer (same transactional.id) fences the dead one and aborts
+    // its open transaction; processing starts again from the committed offsets.
+    let out = run_until_end(&pipeline);
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    // On Kafka: nothing of the open transaction was committed (neither its offsets
+    // nor its records, which read_committed consumers never see), so everything is
+    // processed again and committed once. On the test broker, the aborted records are
+    // delivered and the offsets were applied: what a consumer sees is the same.
+    if applied {
+        // A broker that applied the open transaction's offsets must also have shown
+        // its records: what a consumer sees is then exactly once.
+        assert_eq!(outs.len(), 120, "{out}");
+        assert_exactly_once(&outs, 4, 30);
+    } else {
+        // Per account: the aborted transaction's versions 1..=m (which Kafka would
+        // hide; the test broker delivers them), then the committed 1..=30, once each.
+        let all = versions(&outs);
+        assert_eq!(all.len(), 4);
+        let mut aborted = 0;
+        for (k, vs) in &all {
+            let committed: Vec<u64> = (1..=30).collect();
+            assert!(vs.ends_with(&committed), "{k}: {vs:?}");
+            let before = &vs[..vs.len() - 30];
+            assert_eq!(
+                before,
+                (1..=before.len() as u64).collect::<Vec<_>>(),
+                "{k}: the records before the committed ones are the aborted epoch's: {vs:?}"
+            );
+            aborted += before.len();
+        }
+        assert!(
+            aborted > 0,
+            "the aborted transaction's records (delivered by the test broker)"
+        );
+        assert_eq!(outs.len(), 120 + aborted, "{out}");
+    }
+    for (p, off, _) in committed(&brokers, &n) {
+        assert!(off > 0, "partition {p}: {off}");
+    }
+}
+
+#[test]
+fn a_zombie_with_the_same_transactional_id_is_fenced() {
+    let Some(brokers) = kafka::brokers("a_zombie_is_fenced") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("zombie");
+    create_input(&brokers, &n);
+    let pipeline = pipeline(dir.path(), &brokers, &n, "");
+    produce(&brokers, &n.input, &payments(2, 1..=5));
+    // The zombie: a tailing instance, stopped (SIGSTOP) while it has work to commit.
+    let mut zombie = bin()
+        .args(["run", "--quiet"])
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for("the zombie's first commit", || {
+        read_all(&brokers, &n.view, VIEW_PARTITIONS).len() == 10
+    });
+    let pid = zombie.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    produce(&brokers, &n.input, &payments(2, 6..=10));
+    // Its replacement, same pipeline and instance id: fences it, processes everything.
+    let dir2 = tempfile::tempdir().unwrap();
+    let replacement = pipeline_copy(&pipeline, dir2.path());
+    run_until_end(&replacement);
+    // The zombie wakes up with records it read before it was stopped (or reads them
+    // now) and tries to commit: fenced.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = zombie.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if status.is_none() {
+        zombie.kill().unwrap();
+    }
+    let err = {
+        let mut s = String::new();
+        use std::io::Read;
+        zombie
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_exactly_once(&outs, 2, 10);
+    eprintln!("zombie: {status:?}\n{err}");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the zombie stops with an error: {err}"
+    );
+    assert!(err.contains("fenced by another instance"), "{err}");
+}
+
+/// The same pipeline file with a state directory of its own (another machine).
+fn pipeline_copy(pipeline: &Path, dir: &Path) -> PathBuf {
+    let to = dir.join("ledger.toml");
+    std::fs::copy(pipeline, &to).unwrap();
+    to
+}
