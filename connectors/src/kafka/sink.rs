@@ -41,6 +41,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -68,6 +69,9 @@ pub struct KafkaTarget {
     timeout: Duration,
     /// Output topics by [`OutputTopic`] number.
     topics: Vec<String>,
+    /// The dead-letter topic's name: its records get their reason, stage and original
+    /// coordinates as headers too.
+    dead_letter_topic: String,
     /// Source name → Kafka topic.
     sources: BTreeMap<String, String>,
     last: Option<CommitMarker>,
@@ -222,6 +226,7 @@ impl KafkaTarget {
             replication_factor: settings.replication_factor,
             timeout,
             topics: Vec::new(),
+            dead_letter_topic: p.dead_letter_topic.clone(),
             sources,
             last: None,
             metadata_lost: std::cell::Cell::new(false),
@@ -522,6 +527,9 @@ impl Append for Producing<'_> {
         if !key.is_empty() {
             record = record.key(key);
         }
+        if *name == t.dead_letter_topic {
+            record = record.headers(dead_letter_headers(value));
+        }
         loop {
             match t.producer.send(record) {
                 Ok(()) => return,
@@ -537,6 +545,39 @@ impl Append for Producing<'_> {
             }
         }
     }
+}
+
+/// Headers of a dead letter, from its JSON value: `onceflow.reason`, `onceflow.stage`,
+/// `onceflow.source`, `onceflow.partition`, `onceflow.offset` (those it has), so that
+/// tools can route and count dead letters without parsing them.
+pub fn dead_letter_headers(value: &[u8]) -> OwnedHeaders {
+    #[derive(serde::Deserialize)]
+    struct Dead {
+        reason: Option<String>,
+        stage: Option<String>,
+        source: Option<String>,
+        partition: Option<u64>,
+        offset: Option<u64>,
+    }
+    let mut h = OwnedHeaders::new();
+    let Ok(d) = serde_json::from_slice::<Dead>(value) else {
+        return h;
+    };
+    for (k, v) in [
+        ("onceflow.reason", d.reason),
+        ("onceflow.stage", d.stage),
+        ("onceflow.source", d.source),
+        ("onceflow.partition", d.partition.map(|n| n.to_string())),
+        ("onceflow.offset", d.offset.map(|n| n.to_string())),
+    ] {
+        if let Some(v) = v {
+            h = h.insert(Header {
+                key: k,
+                value: Some(&v),
+            });
+        }
+    }
+    h
 }
 
 /// `onceflow:epoch=<n>` → `n`.
