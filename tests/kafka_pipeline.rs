@@ -713,3 +713,109 @@ fn a_broker_that_hangs_at_start_and_mid_run_is_waited_for() {
     assert_exactly_once(&outs, 4, 40);
     eprintln!("{err}");
 }
+
+// --- the bank example on Kafka ------------------------------------------------------
+
+/// The latest value per key of `topic` (a JSON `null` or an empty value deletes).
+fn compact(brokers: &str, topic: &str, partitions: u32) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for o in read_all(brokers, topic, partitions) {
+        if o.value.is_null() {
+            m.remove(&o.key);
+        } else {
+            m.insert(o.key, o.value);
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+fn example(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/bank")
+        .join(file)
+}
+
+fn expected(file: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(example(file)).unwrap()).unwrap()
+}
+
+#[test]
+fn the_bank_example_gives_the_same_answers_on_kafka() {
+    // A broker of its own: the example's topic names are fixed.
+    let Some(broker) = OwnBroker::start("the_bank_example_on_kafka") else {
+        return;
+    };
+    let brokers = broker.address.clone();
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped pipeline, with its source moved to Kafka (librdkafka's defaults: the
+    // read side learns the write side's last commit from statistics every 250 ms, and
+    // must still catch up with it before it stops).
+    let src = std::fs::read_to_string(example("pipeline.toml")).unwrap();
+    let src = src
+        .replace(
+            "type = \"log\"\npath = \"data/input\"\ntopic = \"commands\"\nload = \"commands.jsonl\"",
+            "type = \"kafka\"\ntopic = \"commands\"",
+        )
+        .replacen(
+            "[[sources]]",
+            &format!(
+                "[kafka]\nbrokers = [\"{brokers}\"]\n\n[[sources]]"
+            ),
+            1,
+        );
+    assert!(
+        src.contains("type = \"kafka\""),
+        "the example's source changed: update this test"
+    );
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(&pipeline, src).unwrap();
+    let admin = KafkaAdmin::connect(&kafka::connection(&brokers)).unwrap();
+    kafka::create_topics(&admin, &[kafka::topic("commands", 4, true)]);
+    // Keyed by account: the default partitioner keeps each account on one partition.
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for line in std::fs::read_to_string(example("commands.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let key = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["account"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        p.send(BaseRecord::to("commands").key(&key).payload(line))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let out = run_until_end(&pipeline);
+    assert!(
+        out.contains("29 read = 25 processed + 1 duplicates + 3 dead-lettered + 0 held"),
+        "{out}"
+    );
+    // The write side's state, then the read side's projections: what the embedded log
+    // gives (tests/aggregate.rs, tests/projections.rs).
+    assert_eq!(
+        compact(&brokers, "accounts", 4),
+        expected("expected.json"),
+        "{out}"
+    );
+    for (topic, file) in [
+        ("balances", "expected_balances.json"),
+        ("transactions", "expected_transactions.json"),
+        ("monthly_statements", "expected_monthly_statements.json"),
+        ("daily_report", "expected_daily_report.json"),
+    ] {
+        let partitions = KafkaAdmin::connect(&kafka::connection(&brokers))
+            .unwrap()
+            .partition_counts(&[topic])
+            .unwrap()[topic]
+            .unwrap();
+        assert_eq!(
+            compact(&brokers, topic, partitions),
+            expected(file),
+            "{topic}\n{out}"
+        );
+    }
+}

@@ -906,7 +906,7 @@ fn route_loop(
         {
             // Catch up with what is committed now, then stop.
             for r in sources.iter_mut() {
-                r.refresh()?;
+                r.settle()?;
             }
             for i in inputs.iter_mut() {
                 i.end_at_start = sources[i.source].committed_end(i.partition);

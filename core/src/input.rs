@@ -35,6 +35,13 @@ pub trait SourceInput: Send {
     fn committed_end(&self, partition: u32) -> u64;
     /// Looks for newly committed records (updates `committed_end`).
     fn refresh(&mut self) -> Result<(), InputError>;
+    /// Like [`refresh`](Self::refresh), but the committed ends afterwards include every
+    /// record committed before the call, even where the system reports them late (Kafka:
+    /// the last stable offsets come with periodic statistics). May wait briefly. A run
+    /// told to catch up and stop calls it once.
+    fn settle(&mut self) -> Result<(), InputError> {
+        self.refresh()
+    }
 }
 
 /// Why a source could not be read.

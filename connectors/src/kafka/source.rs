@@ -480,6 +480,22 @@ impl SourceInput for KafkaInput {
         Ok(n)
     }
 
+    /// Waits (within the connect timeout) for two statistics reports after the call:
+    /// the committed ends then include what was committed before it (a report carries
+    /// the last stable offsets of the latest fetch responses, and a commit ends a
+    /// waiting fetch at once).
+    fn settle(&mut self) -> Result<(), InputError> {
+        let started = Instant::now();
+        let from = self.consumer.context().lock().reports;
+        while self.consumer.context().lock().reports < from + 2 {
+            if started.elapsed() >= self.timeout {
+                break;
+            }
+            self.serve_main_queue(Duration::from_millis(10))?;
+        }
+        self.refresh()
+    }
+
     /// Panics if `partition` is not assigned.
     fn committed_end(&self, partition: u32) -> u64 {
         self.assigned(partition).committed_end
@@ -558,6 +574,8 @@ struct ContextState {
     stats_error: Option<String>,
     /// The last error librdkafka retries by itself.
     client_error: Option<String>,
+    /// Statistics reports read so far.
+    reports: u64,
 }
 
 impl SourceContext {
@@ -579,6 +597,7 @@ impl ClientContext for SourceContext {
     fn stats_raw(&self, json: &[u8]) {
         let parsed = stable_offsets(json, &self.topic);
         let mut state = self.lock();
+        state.reports += 1;
         match parsed {
             Ok(offsets) => {
                 state.stable_offsets.extend(offsets);
