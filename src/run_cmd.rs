@@ -61,6 +61,29 @@ pub fn validate(path: &Path) -> ExitCode {
                 p.commit_interval,
                 p.state_dir.display()
             );
+            if let Some(k) = &p.kafka {
+                println!(
+                    "    kafka: brokers {}, group '{}', {}, reads {} ({} at start)",
+                    k.brokers.join(","),
+                    k.group,
+                    match k.delivery {
+                        onceflow_core::config::Delivery::ExactlyOnce =>
+                            format!("exactly once (transactional.id '{}')", k.transactional_id()),
+                        onceflow_core::config::Delivery::AtLeastOnce =>
+                            "at least once (no transactions)".to_string(),
+                    },
+                    p.sources
+                        .iter()
+                        .map(|s| format!("'{}'", s.topic))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if k.create_topics {
+                        "missing outputs created"
+                    } else {
+                        "outputs must exist"
+                    }
+                );
+            }
             if let Some((_, read)) = p.sides()
                 && let Some(ps) = &read.projections
             {
@@ -353,11 +376,23 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
         (None, Some(ps)) => ps.list.first().map_or("", |x| x.topic.as_str()),
         _ => p.view.topic.as_str(),
     };
-    println!(
-        "  view      onceflow log read {} --topic {} --compact",
-        p.state_dir.display(),
-        view_topic
-    );
+    match &p.kafka {
+        Some(k) => println!(
+            "  kafka     offsets committed to group '{}' at {}; outputs in topic '{view_topic}' (read with isolation.level=read_committed){}",
+            k.group,
+            k.brokers.join(","),
+            if st.recoveries > 0 {
+                format!("; {} recoveries from transient failures", st.recoveries)
+            } else {
+                String::new()
+            }
+        ),
+        None => println!(
+            "  view      onceflow log read {} --topic {} --compact",
+            p.state_dir.display(),
+            view_topic
+        ),
+    }
 }
 
 fn status_loop(stats: &Stats, done: &AtomicBool) {

@@ -819,3 +819,36 @@ fn the_bank_example_gives_the_same_answers_on_kafka() {
         );
     }
 }
+
+#[test]
+fn validate_reports_every_kafka_problem_at_once() {
+    // No broker needed: nothing is contacted.
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("validate");
+    let path = pipeline(
+        dir.path(),
+        "kafka-1",
+        &n,
+        "delivery = \"exactly_once\"\ninstance = \"a/b\"",
+    );
+    let src = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("commit_interval = \"100ms\"", "commit_interval = \"90s\"")
+        .replace(
+            "\"fetch.wait.max.ms\" = 50",
+            "\"fetch.wait.max.ms\" = 50, \"transactional.id\" = \"x\", \"linger.ms\" = \"soon\"",
+        );
+    std::fs::write(&path, src).unwrap();
+    let out = bin().arg("validate").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "kafka.brokers[0]: \"kafka-1\" is not host:port",
+        "kafka.instance",
+        "kafka.properties.\"transactional.id\": is set by onceflow",
+        "kafka.properties.\"linger.ms\": librdkafka refuses it",
+        "pipeline.commit_interval: commit interval 90s must be shorter than the Kafka transaction timeout",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

@@ -82,26 +82,32 @@ fn connection_config(settings: &KafkaSettings) -> KafkaConnectionConfig {
 /// the ones onceflow sets itself are refused), and in exactly-once mode that the commit
 /// interval is shorter than `transaction.timeout.ms`.
 pub fn check_settings(settings: &KafkaSettings, commit_interval: Duration) -> Vec<ConfigError> {
-    match connection_config(settings).validate("kafka") {
-        Err(errors) => errors,
-        Ok(conn) => {
-            let mut errors = Vec::new();
-            if settings.delivery == Delivery::ExactlyOnce
-                && let Err(e) =
-                    check_commit_interval(commit_interval, &conn, "pipeline.commit_interval")
-            {
-                errors.push(e);
-            }
-            if let Err(m) = source::stats_interval_ms(&conn) {
-                errors.push(ConfigError {
-                    path: "kafka.properties.\"statistics.interval.ms\"".into(),
-                    line: None,
-                    message: m,
-                });
-            }
-            errors
+    let config = connection_config(settings);
+    let mut errors = config.validate("kafka").err().unwrap_or_default();
+    // The checks below read the properties themselves: they run even when another
+    // property is wrong, so that every problem is reported at once.
+    let conn = KafkaConnection {
+        bootstrap_servers: settings.brokers.join(","),
+        connect_timeout: settings.connect_timeout,
+        properties: settings.properties.clone(),
+    };
+    if settings.delivery == Delivery::ExactlyOnce
+        && conn.transaction_timeout().is_ok()
+        && let Err(e) = check_commit_interval(commit_interval, &conn, "pipeline.commit_interval")
+    {
+        errors.push(e);
+    }
+    if let Err(m) = source::stats_interval_ms(&conn) {
+        let path = "kafka.properties.\"statistics.interval.ms\"";
+        if !errors.iter().any(|e| e.path == path) {
+            errors.push(ConfigError {
+                path: path.into(),
+                line: None,
+                message: m,
+            });
         }
     }
+    errors
 }
 
 impl Connect for KafkaConnect {
