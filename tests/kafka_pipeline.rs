@@ -852,3 +852,34 @@ fn validate_reports_every_kafka_problem_at_once() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn at_least_once_mode_writes_outputs_then_commits_offsets() {
+    let Some(brokers) = kafka::brokers("at_least_once_mode") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new("alo");
+    create_input(&brokers, &n);
+    let pipeline = pipeline(dir.path(), &brokers, &n, "delivery = \"at_least_once\"");
+    produce(&brokers, &n.input, &payments(3, 1..=10));
+    run_until_end(&pipeline);
+    produce(&brokers, &n.input, &payments(3, 11..=20));
+    run_until_end(&pipeline);
+    // Without a crash between an epoch's outputs and its offsets, nothing is repeated.
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_exactly_once(&outs, 3, 20);
+    for (p, off, _) in committed(&brokers, &n) {
+        assert!(off > 0, "partition {p}: {off}");
+    }
+    // A crash after the outputs are flushed and before the offsets are committed: the
+    // restart writes that epoch's outputs again (at least once), then goes on.
+    produce(&brokers, &n.input, &payments(3, 21..=25));
+    run_to_fault(&pipeline, "commit.before@1");
+    run_until_end(&pipeline);
+    let v = versions(&read_all(&brokers, &n.view, VIEW_PARTITIONS));
+    let want: Vec<u64> = (1..=25).chain(21..=25).collect();
+    for (k, vs) in &v {
+        assert_eq!(vs, &want, "{k}: versions 21..=25 twice");
+    }
+}
