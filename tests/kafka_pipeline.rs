@@ -98,6 +98,29 @@ topic = "{dead}"
     path
 }
 
+/// What most tests start with: the broker (or `None`: skipped), a directory, fresh
+/// names, the input topic created, and the pipeline file (with `extra` in `[kafka]`).
+struct Setup {
+    brokers: String,
+    _dir: tempfile::TempDir,
+    n: Names,
+    pipeline: PathBuf,
+}
+
+fn setup(test: &str, prefix: &str, extra: &str) -> Option<Setup> {
+    let brokers = kafka::brokers(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let n = Names::new(prefix);
+    create_input(&brokers, &n);
+    let pipeline = pipeline(dir.path(), &brokers, &n, extra);
+    Some(Setup {
+        brokers,
+        _dir: dir,
+        n,
+        pipeline,
+    })
+}
+
 fn create_input(brokers: &str, n: &Names) {
     let admin = KafkaAdmin::connect(&kafka::connection(brokers)).unwrap();
     kafka::create_topics(&admin, &[kafka::topic(&n.input, INPUT_PARTITIONS, true)]);
@@ -294,13 +317,15 @@ fn committed(brokers: &str, n: &Names) -> Vec<(i32, i64, String)> {
 
 #[test]
 fn outputs_and_offsets_commit_together_and_a_restart_continues() {
-    let Some(brokers) = kafka::brokers("outputs_and_offsets_commit_together") else {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("outputs_and_offsets_commit_together", "eo", "")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let n = Names::new("eo");
-    create_input(&brokers, &n);
-    let pipeline = pipeline(dir.path(), &brokers, &n, "");
     produce(&brokers, &n.input, &payments(6, 1..=50));
     let out = run_until_end(&pipeline);
     assert!(out.contains("300"), "{out}");
@@ -332,13 +357,15 @@ fn outputs_and_offsets_commit_together_and_a_restart_continues() {
 
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_in_the_same_transactions() {
-    let Some(brokers) = kafka::brokers("bad_records_go_to_the_dead_letter_topic") else {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("bad_records_go_to_the_dead_letter_topic", "dlq", "")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let n = Names::new("dlq");
-    create_input(&brokers, &n);
-    let pipeline = pipeline(dir.path(), &brokers, &n, "");
     let mut records = payments(2, 1..=3);
     records.push(("acct-0".into(), "not json".into()));
     records.push(payment(1, 3)); // a duplicate: dropped, counted
@@ -396,14 +423,16 @@ fn run_to_fault(pipeline: &Path, fault: &str) -> String {
 
 #[test]
 fn sigkill_between_commits_resumes_from_the_committed_offsets() {
-    let Some(brokers) = kafka::brokers("sigkill_between_commits") else {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("sigkill_between_commits", "kill-between", "")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let n = Names::new("kill-between");
-    create_input(&brokers, &n);
     // Small epochs: many commits.
-    let pipeline = pipeline(dir.path(), &brokers, &n, "");
     std::fs::write(
         &pipeline,
         std::fs::read_to_string(&pipeline)
@@ -424,13 +453,15 @@ fn sigkill_between_commits_resumes_from_the_committed_offsets() {
 
 #[test]
 fn sigkill_inside_a_transaction_aborts_it_and_reprocesses() {
-    let Some(brokers) = kafka::brokers("sigkill_inside_a_transaction") else {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("sigkill_inside_a_transaction", "kill-inside", "")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let n = Names::new("kill-inside");
-    create_input(&brokers, &n);
-    let pipeline = pipeline(dir.path(), &brokers, &n, "");
     produce(&brokers, &n.input, &payments(4, 1..=30));
     // The first transaction has its records and offsets at the broker, and is never
     // committed: the process dies first.
@@ -482,13 +513,15 @@ fn sigkill_inside_a_transaction_aborts_it_and_reprocesses() {
 
 #[test]
 fn a_zombie_with_the_same_transactional_id_is_fenced() {
-    let Some(brokers) = kafka::brokers("a_zombie_is_fenced") else {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("a_zombie_is_fenced", "zombie", "")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let n = Names::new("zombie");
-    create_input(&brokers, &n);
-    let pipeline = pipeline(dir.path(), &brokers, &n, "");
     produce(&brokers, &n.input, &payments(2, 1..=5));
     // The zombie: a tailing instance, stopped (SIGSTOP) while it has work to commit.
     let mut zombie = bin()
@@ -855,13 +888,15 @@ fn validate_reports_every_kafka_problem_at_once() {
 
 #[test]
 fn at_least_once_mode_writes_outputs_then_commits_offsets() {
-    let Some(brokers) = kafka::brokers("at_least_once_mode") else {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("at_least_once_mode", "alo", "delivery = \"at_least_once\"")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let n = Names::new("alo");
-    create_input(&brokers, &n);
-    let pipeline = pipeline(dir.path(), &brokers, &n, "delivery = \"at_least_once\"");
     produce(&brokers, &n.input, &payments(3, 1..=10));
     run_until_end(&pipeline);
     produce(&brokers, &n.input, &payments(3, 11..=20));
