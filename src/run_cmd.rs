@@ -170,15 +170,22 @@ pub fn run(path: &Path, until_end: bool, quiet: bool, rebuild: bool) -> ExitCode
         stop,
         stats: stats.clone(),
         rebuild,
-        connect: Some(Arc::new(onceflow_connectors::kafka::KafkaConnect)),
+        connect: Some(Arc::new(onceflow_connectors::kafka::KafkaConnect::default())),
         on_recovery: Some(Arc::new(|r: &engine::Recovery| {
-            eprintln!(
-                "onceflow: {}: {}; recovering from the last commit in {} ms (attempt {})",
-                r.pipeline,
-                r.error,
-                r.wait.as_millis(),
-                r.attempt
-            );
+            if r.attempt == 0 {
+                eprintln!(
+                    "onceflow: {}: {}; starting again from the last commit",
+                    r.pipeline, r.error
+                );
+            } else {
+                eprintln!(
+                    "onceflow: {}: {}; recovering from the last commit in {} ms (attempt {})",
+                    r.pipeline,
+                    r.error,
+                    r.wait.as_millis(),
+                    r.attempt
+                );
+            }
         })),
         ..RunOptions::default()
     };

@@ -918,3 +918,107 @@ fn at_least_once_mode_writes_outputs_then_commits_offsets() {
         assert_eq!(vs, &want, "{k}: versions 21..=25 twice");
     }
 }
+
+// --- scale-out: two instances in one group -------------------------------------------
+
+#[test]
+fn two_instances_split_the_partitions_and_one_takes_over_from_a_dead_one() {
+    let Some(brokers) = kafka::brokers("two_instances_split_the_partitions") else {
+        return;
+    };
+    const PARTS: u32 = 6;
+    let n = Names::new("scale");
+    let admin = KafkaAdmin::connect(&kafka::connection(&brokers)).unwrap();
+    kafka::create_topics(&admin, &[kafka::topic(&n.input, PARTS, true)]);
+    // Account i on partition i: keys are co-partitioned, as group assignment needs.
+    let produce6 = |seqs: std::ops::RangeInclusive<u64>| {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for s in seqs {
+            for a in 0..PARTS {
+                let (k, v) = payment(a, s);
+                p.send(
+                    BaseRecord::to(&n.input)
+                        .partition(a as i32)
+                        .key(&k)
+                        .payload(&v),
+                )
+                .unwrap();
+            }
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    };
+    produce6(1..=20);
+    // One pipeline, two instances (own state directories, own instance ids).
+    let extra = |id: &str| {
+        format!(
+            "assignment = \"group\"\ninstance = \"{id}\"\nconnect_timeout = \"5s\"\n\
+             properties = {{ \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 1000, \"fetch.wait.max.ms\" = 50, \"statistics.interval.ms\" = 100 }}"
+        )
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let spawn = |i: usize| {
+        let path = pipeline(dirs[i].path(), &brokers, &n, &extra(["a", "b"][i]));
+        // The helper's properties line is replaced by the instance's own.
+        let src = std::fs::read_to_string(&path).unwrap().replace(
+            "properties = { \"fetch.wait.max.ms\" = 50, \"statistics.interval.ms\" = 100 }\n",
+            "",
+        );
+        std::fs::write(&path, src).unwrap();
+        let mut child = bin()
+            .args(["run", "--quiet"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = stderr_lines(&mut child);
+        (child, err)
+    };
+    let (mut a, a_err) = spawn(0);
+    common::wait_for("instance a's first outputs", || {
+        !read_all(&brokers, &n.view, VIEW_PARTITIONS).is_empty()
+    });
+    let (mut b, b_err) = spawn(1);
+    // b joins: the group moves some of a's partitions to b, and a starts again with
+    // the rest.
+    common::wait_for("a rebalance that gives b partitions", || {
+        a_err.lock().unwrap().contains("reassigned the partitions")
+    });
+    common::wait_for("all 120 outputs", || {
+        read_all(&brokers, &n.view, VIEW_PARTITIONS).len() >= 120
+    });
+    // a dies (idle: between commits); its partitions go to b once its session expires.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    produce6(21..=40);
+    common::wait_for("all 240 outputs, through b", || {
+        read_all(&brokers, &n.view, VIEW_PARTITIONS).len() >= 240
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    let status = b.wait().unwrap();
+    let (a_err, b_err) = (a_err.lock().unwrap().clone(), b_err.lock().unwrap().clone());
+    assert!(status.success(), "b:\n{b_err}");
+    let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    assert_exactly_once(&outs, PARTS, 40);
+    // b ends up owning all six partitions: either it was reassigned them when a's
+    // session expired, or (seen with the test broker, whose cooperative rebalance can
+    // give a joining member partitions another member still owns) it held them from its
+    // first assignment on. Kafka's protocol never overlaps owners; what onceflow
+    // controls, every output once, holds either way.
+    let all: String = (0..PARTS)
+        .map(|p| format!("{}:{p}", n.input))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        b_err.is_empty() || b_err.contains(&format!("(now {all})")),
+        "b:\n{b_err}\na:\n{a_err}"
+    );
+    // a kept a share when b joined.
+    assert!(a_err.contains("(now "), "a:\n{a_err}");
+    assert!(!a_err.contains(&format!("(now {all})")), "a:\n{a_err}");
+    eprintln!("a:\n{a_err}\nb:\n{b_err}");
+}

@@ -120,7 +120,7 @@ impl EngineError {
     pub fn is_transient(&self) -> bool {
         match self {
             EngineError::Commit(e) => e.is_transient(),
-            EngineError::Input(InputError::Unavailable(_)) => true,
+            EngineError::Input(InputError::Unavailable(_) | InputError::Reassigned(_)) => true,
             _ => false,
         }
     }
@@ -129,7 +129,8 @@ impl EngineError {
 /// One recovery after a transient failure, for observers.
 #[derive(Debug, Clone)]
 pub struct Recovery {
-    /// Recoveries in a row without a commit in between (1 for the first).
+    /// Recoveries in a row without a commit in between (1 for the first); 0 when the
+    /// partitions were reassigned (a rebalance, not a failure).
     pub attempt: u32,
     /// What failed.
     pub error: String,
@@ -318,11 +319,19 @@ fn run_recovering(p: &Pipeline, mut opts: RunOptions) -> Result<RunSummary, Engi
                 if opts.stats.commits.load(Ordering::Relaxed) > commits_before {
                     failures = 0;
                 }
-                failures += 1;
-                let wait = RECOVERY_BACKOFF
-                    .0
-                    .saturating_mul(1 << (failures - 1).min(10))
-                    .min(RECOVERY_BACKOFF.1);
+                // A rebalance is not a failure: start again at once.
+                let reassigned = matches!(e, EngineError::Input(InputError::Reassigned(_)));
+                if !reassigned {
+                    failures += 1;
+                }
+                let wait = if reassigned {
+                    Duration::ZERO
+                } else {
+                    RECOVERY_BACKOFF
+                        .0
+                        .saturating_mul(1 << (failures - 1).min(10))
+                        .min(RECOVERY_BACKOFF.1)
+                };
                 opts.stats.recoveries.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("onceflow_recoveries_total").increment(1);
                 if let Some(h) = &opts.on_recovery {

@@ -57,6 +57,10 @@ pub enum InputError {
     /// transient, the engine recovers and tries again.
     #[error("{0}")]
     Unavailable(String),
+    /// The partitions this instance reads changed (a consumer-group rebalance): the
+    /// engine stops at its last complete epoch and starts again with the new ones.
+    #[error("{0}")]
+    Reassigned(String),
 }
 
 /// A topic of the embedded log as a source: every partition, read from the files.

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod config;
 pub mod errors;
+pub mod member;
 pub mod sink;
 pub mod source;
 #[cfg(test)]
@@ -36,20 +37,56 @@ pub use errors::{
     AbortReason, Decision, ErrorFacts, ErrorOrigin, FailReason, NewProducerReason, RetryPolicy,
     TxnOp, decide,
 };
+pub use member::GroupMember;
 pub use sink::KafkaTarget;
 pub use source::{DEFAULT_STATS_INTERVAL_MS, KafkaInput};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use onceflow_core::config::{ConfigError, Delivery, KafkaSettings, Pipeline, SourceConfig};
+use onceflow_core::config::{
+    Assignment, ConfigError, Delivery, KafkaSettings, Pipeline, SourceConfig,
+};
 use onceflow_core::connect::Connect;
 use onceflow_core::input::{InputError, SourceInput};
 use onceflow_core::output::{CommitError, CommitTarget};
 
 /// The Kafka connector as the engine's [`Connect`]: pass it in
-/// `RunOptions::connect` to run pipelines with `[kafka]`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KafkaConnect;
+/// `RunOptions::connect` to run pipelines with `[kafka]`. It keeps this instance's
+/// consumer-group memberships (`[kafka] assignment = "group"`) across the engine's
+/// restarts: a restart must not leave and rejoin the group.
+#[derive(Debug, Default)]
+pub struct KafkaConnect {
+    members: Mutex<HashMap<String, Arc<GroupMember>>>,
+}
+
+impl KafkaConnect {
+    /// The membership of `p`'s group, joined on first use.
+    fn member(
+        &self,
+        p: &Pipeline,
+        settings: &KafkaSettings,
+        conn: &KafkaConnection,
+    ) -> Result<Option<Arc<GroupMember>>, InputError> {
+        if settings.assignment != Assignment::Group {
+            return Ok(None);
+        }
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = members.get(&settings.group) {
+            return Ok(Some(m.clone()));
+        }
+        let topics: Vec<&str> = p.sources.iter().map(|s| s.topic.as_str()).collect();
+        let m = Arc::new(GroupMember::join(
+            conn,
+            &settings.group,
+            &topics,
+            conn.connect_timeout.max(Duration::from_secs(60)),
+        )?);
+        members.insert(settings.group.clone(), m.clone());
+        Ok(Some(m))
+    }
+}
 
 /// The connection `[kafka]` describes (checked; the first problem as a message).
 pub fn connection(settings: &KafkaSettings) -> Result<KafkaConnection, String> {
@@ -116,7 +153,16 @@ impl Connect for KafkaConnect {
             CommitError::Failed(format!("pipeline '{}' has no [kafka] section", p.name))
         })?;
         let conn = connection(settings).map_err(CommitError::Failed)?;
-        Ok(Box::new(KafkaTarget::open(&conn, settings, p)?))
+        let member = self.member(p, settings, &conn).map_err(|e| match e {
+            InputError::Unavailable(m) => CommitError::Unavailable(m),
+            other => CommitError::Failed(other.to_string()),
+        })?;
+        // A new attempt: the last one has stopped committing, so a revocation waiting
+        // for that may go on.
+        if let Some(m) = &member {
+            m.settled();
+        }
+        Ok(Box::new(KafkaTarget::open(&conn, settings, p, member)?))
     }
 
     fn source(&self, p: &Pipeline, s: &SourceConfig) -> Result<Box<dyn SourceInput>, InputError> {
@@ -127,6 +173,9 @@ impl Connect for KafkaConnect {
             ))
         })?;
         let conn = connection(settings).map_err(InputError::Other)?;
-        Ok(Box::new(KafkaInput::new(&conn, &s.topic, &settings.group)?))
+        Ok(Box::new(match self.member(p, settings, &conn)? {
+            Some(m) => KafkaInput::of_member(&conn, &s.topic, m)?,
+            None => KafkaInput::new(&conn, &s.topic, &settings.group)?,
+        }))
     }
 }

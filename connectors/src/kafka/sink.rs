@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use onceflow_core::config::{Delivery, KafkaSettings, Pipeline, SourceKind};
@@ -48,6 +48,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::admin::{AdminError, KafkaAdmin};
 use super::config::{KafkaConnection, TopicConfig};
 use super::errors::{Decision, ErrorFacts, NewProducerReason, RetryPolicy, TxnOp, decide};
+use super::member::GroupMember;
 
 /// The prefix of the offsets' metadata: `onceflow:epoch=<n>`.
 pub const EPOCH_METADATA: &str = "onceflow:epoch=";
@@ -78,6 +79,9 @@ pub struct KafkaTarget {
     /// The broker returned committed offsets without their metadata (the test broker
     /// does): the epoch is unknown.
     metadata_lost: std::cell::Cell<bool>,
+    /// With `[kafka] assignment = "group"`: the membership whose group metadata goes
+    /// with the offsets (its generation fences a member that lost its partitions).
+    member: Option<Arc<GroupMember>>,
     policy: RetryPolicy,
 }
 
@@ -150,6 +154,7 @@ impl KafkaTarget {
         conn: &KafkaConnection,
         settings: &KafkaSettings,
         p: &Pipeline,
+        member: Option<Arc<GroupMember>>,
     ) -> Result<KafkaTarget, CommitError> {
         let brokers = conn.bootstrap_servers.clone();
         let admin = KafkaAdmin::connect(conn).map_err(admin_error)?;
@@ -229,7 +234,10 @@ impl KafkaTarget {
             dead_letter_topic: p.dead_letter_topic.clone(),
             sources,
             last: None,
-            metadata_lost: std::cell::Cell::new(false),
+            // Each member numbers its own epochs: the group's offsets cannot say which
+            // snapshot of this instance is committed (its offsets can).
+            metadata_lost: std::cell::Cell::new(member.is_some()),
+            member,
             policy: RetryPolicy::default(),
         };
         if transactional {
@@ -466,7 +474,11 @@ impl CommitTarget for KafkaTarget {
             // The records go out before the offsets join the transaction (the commit
             // would flush them anyway; a delivery error is learnt here, abortable).
             self.call(TxnOp::Poll, |p, t| p.flush(t))?;
-            let cgm = self.group.group_metadata().ok_or_else(|| {
+            let cgm = match &self.member {
+                Some(m) => m.group_metadata(),
+                None => self.group.group_metadata(),
+            };
+            let cgm = cgm.ok_or_else(|| {
                 CommitError::Failed(format!(
                     "Kafka at {}: no consumer group metadata for group '{}'",
                     self.brokers, self.group_id

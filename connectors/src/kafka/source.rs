@@ -95,6 +95,7 @@ use serde::Deserialize;
 
 use super::admin::{AdminError, KafkaAdmin};
 use super::config::KafkaConnection;
+use super::member::GroupMember;
 
 /// How often librdkafka reports the partitions' last stable offsets, unless the
 /// connection's properties set `statistics.interval.ms`: the committed ends lag the
@@ -119,6 +120,9 @@ pub struct KafkaInput {
     /// so that its events never pile up while the input is kept busy.
     serve_every: Duration,
     next_serve: Instant,
+    /// With `[kafka] assignment = "group"`: the membership, and its generation when
+    /// this input was opened.
+    member: Option<(Arc<GroupMember>, u64)>,
 }
 
 /// One assigned partition.
@@ -165,6 +169,27 @@ impl KafkaInput {
         topic: &str,
         group_id: &str,
     ) -> Result<KafkaInput, InputError> {
+        Self::open(conn, topic, group_id, None)
+    }
+
+    /// Reads the partitions of `topic` that `member` owns now, like [`new`](Self::new).
+    /// Once the member's assignment changes (a rebalance), reads and refreshes fail
+    /// with [`InputError::Reassigned`]: the engine starts again with the new partitions.
+    pub fn of_member(
+        conn: &KafkaConnection,
+        topic: &str,
+        member: Arc<GroupMember>,
+    ) -> Result<KafkaInput, InputError> {
+        let group = member.group().to_string();
+        Self::open(conn, topic, &group, Some(member))
+    }
+
+    fn open(
+        conn: &KafkaConnection,
+        topic: &str,
+        group_id: &str,
+        member: Option<Arc<GroupMember>>,
+    ) -> Result<KafkaInput, InputError> {
         let brokers = conn.bootstrap_servers.clone();
         let admin = KafkaAdmin::connect(conn).map_err(|e| match e {
             AdminError::Unreachable { .. } => {
@@ -206,6 +231,15 @@ impl KafkaInput {
                     "Kafka topic '{topic}' at {brokers}: cannot create the consumer: {e}"
                 ))
             })?;
+        // The generation first: a change while the partitions are read is noticed.
+        let member = member.map(|m| {
+            let generation = m.generation();
+            (m, generation)
+        });
+        let owned: Vec<u32> = match &member {
+            Some((m, _)) => m.assigned(topic),
+            None => (0..partitions).collect(),
+        };
         let mut input = KafkaInput {
             consumer: Arc::new(consumer),
             topic: topic.to_string(),
@@ -214,8 +248,9 @@ impl KafkaInput {
             timeout: conn.connect_timeout,
             serve_every: Duration::from_millis(stats_interval_ms),
             next_serve: Instant::now(),
+            member,
         };
-        let start: Vec<(u32, u64)> = (0..partitions).map(|p| (p, 0)).collect();
+        let start: Vec<(u32, u64)> = owned.into_iter().map(|p| (p, 0)).collect();
         input.assign(&start)?;
         input.wait_for_committed_ends()?;
         Ok(input)
@@ -415,6 +450,9 @@ impl SourceInput for KafkaInput {
         buf: &mut RecordBuf,
     ) -> Result<usize, InputError> {
         // hot path
+        if let Some((m, generation)) = &self.member {
+            m.check(*generation)?;
+        }
         let Some(a) = self.parts.get_mut(&partition) else {
             return Err(self.not_assigned(partition));
         };
@@ -502,6 +540,9 @@ impl SourceInput for KafkaInput {
     }
 
     fn refresh(&mut self) -> Result<(), InputError> {
+        if let Some((m, generation)) = &self.member {
+            m.check(*generation)?;
+        }
         self.serve_main_queue(Duration::ZERO)?;
         let ctx = self.consumer.context().lock();
         if let Some(e) = &ctx.stats_error {

@@ -22,6 +22,16 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
+/// Which partitions of the sources an instance reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Every partition (one instance per pipeline; the default).
+    All,
+    /// The partitions the consumer group assigns this instance (cooperative-sticky):
+    /// instances of one pipeline split the partitions and take over a dead one's.
+    Group,
+}
+
 /// The `[kafka]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -42,6 +52,8 @@ pub struct KafkaSettings {
     pub create_topics: bool,
     /// Replicas of created topics; the broker's default when `None`.
     pub replication_factor: Option<u16>,
+    /// Every partition, or the group's share.
+    pub assignment: Assignment,
 }
 
 impl KafkaSettings {
@@ -117,6 +129,10 @@ pub(crate) fn parse(
     let replication_factor = t
         .int(cx, "replication_factor", 1, i64::from(i16::MAX))
         .map(|n| n as u16);
+    let assignment = match t.choice(cx, "assignment", &["all", "group"]).as_deref() {
+        Some("group") => Assignment::Group,
+        _ => Assignment::All,
+    };
     Some(KafkaSettings {
         brokers: brokers.unwrap_or_default(),
         connect_timeout,
@@ -126,5 +142,6 @@ pub(crate) fn parse(
         delivery,
         create_topics,
         replication_factor,
+        assignment,
     })
 }

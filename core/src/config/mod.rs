@@ -18,7 +18,7 @@ pub use aggregate::{
     AggregateConfig, CLOUDEVENT_EXTENSIONS, CommandHandler, EVENT_FIELDS, EmitSpec, EventType,
     Expr, Rule, StateField, slots,
 };
-pub use kafka::{Delivery, KafkaSettings};
+pub use kafka::{Assignment, Delivery, KafkaSettings};
 pub use projection::{
     Handler, MAX_PROJECTIONS, ProjectionConfig, ProjectionsConfig, RowField,
     slots as projection_slots,

@@ -421,6 +421,19 @@ pub fn restore<S: Stage>(
         restored.took = started.elapsed();
         return Ok(Ok((zero, restored)));
     };
+    // Held records and keys belong to the inputs the snapshot was taken with: a
+    // snapshot of another set (a consumer group assigned other partitions then) would
+    // bring state this run does not own. Replay instead.
+    if snapshot.inputs().len() != names.len() {
+        restored.skipped.push(format!(
+            "{}: taken with {} input partitions, this run reads {}",
+            snapshot.dir().display(),
+            snapshot.inputs().len(),
+            names.len()
+        ));
+        restored.took = started.elapsed();
+        return Ok(Ok((zero, restored)));
+    }
     let mut starts = Vec::with_capacity(names.len());
     for (source, partition) in names.iter() {
         let Some(o) = snapshot
