@@ -827,6 +827,16 @@ fn the_bank_example_gives_the_same_answers_on_kafka() {
         out.contains("29 read = 25 processed + 1 duplicates + 3 dead-lettered + 0 held"),
         "{out}"
     );
+    // Events carry their correlation id as a header too.
+    let events = read_all(&brokers, "account_events", 4);
+    assert_eq!(events.len(), 18, "{out}");
+    for e in &events {
+        assert_eq!(
+            e.headers.get("correlation_id").map(String::as_str),
+            e.value["correlation_id"].as_str(),
+            "{e:?}"
+        );
+    }
     // The write side's state, then the read side's projections: what the embedded log
     // gives (tests/aggregate.rs, tests/projections.rs).
     assert_eq!(
@@ -1021,4 +1031,110 @@ fn two_instances_split_the_partitions_and_one_takes_over_from_a_dead_one() {
     assert!(a_err.contains("(now "), "a:\n{a_err}");
     assert!(!a_err.contains(&format!("(now {all})")), "a:\n{a_err}");
     eprintln!("a:\n{a_err}\nb:\n{b_err}");
+}
+
+// --- formats -------------------------------------------------------------------------
+
+#[test]
+fn cloudevents_in_kafka_binary_mode_read_like_structured_ones() {
+    let Some(Setup {
+        brokers,
+        _dir,
+        n,
+        pipeline,
+    }) = setup("cloudevents_in_kafka_binary_mode", "ce-binary", "")
+    else {
+        return;
+    };
+    // A CloudEvents pipeline: keyed by subject, summing data.amount.
+    let src = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace(
+            "type = \"kafka\"\n",
+            "type = \"kafka\"\nformat = \"cloudevents\"\n",
+        )
+        .replace(
+            "field = \"account\"\nsequence = \"seq\"",
+            "field = \"subject\"",
+        )
+        .replace("field = \"amount\"", "field = \"data.amount\"");
+    std::fs::write(&pipeline, src).unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let binary = |id: &str| {
+        rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "ce_id",
+                value: Some(id),
+            })
+            .insert(rdkafka::message::Header {
+                key: "ce_source",
+                value: Some("/bank"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "ce_type",
+                value: Some("deposit"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "ce_subject",
+                value: Some("ACC-1"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+    };
+    let send = |value: String, headers: Option<rdkafka::message::OwnedHeaders>| {
+        let mut r = BaseRecord::to(&n.input)
+            .partition(0)
+            .key("ACC-1")
+            .payload(&value);
+        if let Some(h) = headers {
+            r = r.headers(h);
+        }
+        p.send(r).unwrap();
+    };
+    for (i, amount) in [5u64, 6, 7].iter().enumerate() {
+        send(
+            format!(r#"{{"amount":{amount}}}"#),
+            Some(binary(&format!("b-{i}"))),
+        );
+    }
+    // Structured mode, mixed in.
+    send(
+        r#"{"specversion":"1.0","id":"s-1","source":"/bank","type":"deposit","subject":"ACC-1","data":{"amount":100}}"#.into(),
+        None,
+    );
+    // Binary mode without the required id: dead-lettered like a structured one would be.
+    let mut bad = rdkafka::message::OwnedHeaders::new();
+    for (k, v) in [
+        ("ce_specversion", "1.0"),
+        ("ce_source", "/bank"),
+        ("ce_type", "deposit"),
+        ("ce_subject", "ACC-1"),
+    ] {
+        bad = bad.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    send(r#"{"amount":1000}"#.into(), Some(bad));
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let out = run_until_end(&pipeline);
+    let balances = read_all(&brokers, &n.view, VIEW_PARTITIONS);
+    let last = balances
+        .last()
+        .unwrap_or_else(|| panic!("no output:\n{out}"));
+    assert_eq!(last.key, "ACC-1");
+    assert_eq!(last.value["balance"], 118, "{out}");
+    let dead = read_all(&brokers, &n.dead, 1);
+    assert_eq!(dead.len(), 1, "{out}");
+    assert_eq!(dead[0].value["reason"], "invalid_cloudevent");
 }

@@ -9,6 +9,8 @@
 //! - `errors.rs`: the transactional producer's error state machine, as pure decisions.
 //! - `source.rs`: [`KafkaInput`], a topic as the engine's `SourceInput` (read_committed,
 //!   per-partition queues, committed ends from the last stable offsets).
+//! - `format.rs`: CloudEvents Kafka binary mode on input, correlation ids as headers.
+//! - `member.rs`: [`GroupMember`], consumer-group membership for scale-out.
 //! - `sink.rs`: [`KafkaTarget`], the engine's `CommitTarget`: each epoch's outputs, dead
 //!   letters and input offsets in one transaction.
 //! - this file: [`KafkaConnect`] (the engine's `Connect`) and [`check_settings`] (the
@@ -23,6 +25,7 @@
 pub mod admin;
 pub mod config;
 pub mod errors;
+pub mod format;
 pub mod member;
 pub mod sink;
 pub mod source;
@@ -46,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use onceflow_core::config::{
-    Assignment, ConfigError, Delivery, KafkaSettings, Pipeline, SourceConfig,
+    Assignment, ConfigError, Delivery, Format, KafkaSettings, Pipeline, SourceConfig,
 };
 use onceflow_core::connect::Connect;
 use onceflow_core::input::{InputError, SourceInput};
@@ -173,9 +176,11 @@ impl Connect for KafkaConnect {
             ))
         })?;
         let conn = connection(settings).map_err(InputError::Other)?;
-        Ok(Box::new(match self.member(p, settings, &conn)? {
+        let mut input = match self.member(p, settings, &conn)? {
             Some(m) => KafkaInput::of_member(&conn, &s.topic, m)?,
             None => KafkaInput::new(&conn, &s.topic, &settings.group)?,
-        }))
+        };
+        input.read_cloudevents(s.format == Format::CloudEvents);
+        Ok(Box::new(input))
     }
 }

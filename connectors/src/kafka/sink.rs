@@ -48,6 +48,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::admin::{AdminError, KafkaAdmin};
 use super::config::{KafkaConnection, TopicConfig};
 use super::errors::{Decision, ErrorFacts, NewProducerReason, RetryPolicy, TxnOp, decide};
+use super::format::string_field;
 use super::member::GroupMember;
 
 /// The prefix of the offsets' metadata: `onceflow:epoch=<n>`.
@@ -73,6 +74,8 @@ pub struct KafkaTarget {
     /// The dead-letter topic's name: its records get their reason, stage and original
     /// coordinates as headers too.
     dead_letter_topic: String,
+    /// An aggregate's events topic: its records get their `correlation_id` as a header.
+    events_topic: Option<String>,
     /// Source name → Kafka topic.
     sources: BTreeMap<String, String>,
     last: Option<CommitMarker>,
@@ -232,6 +235,7 @@ impl KafkaTarget {
             timeout,
             topics: Vec::new(),
             dead_letter_topic: p.dead_letter_topic.clone(),
+            events_topic: p.aggregate.as_ref().map(|a| a.events_topic.clone()),
             sources,
             last: None,
             // Each member numbers its own epochs: the group's offsets cannot say which
@@ -541,6 +545,14 @@ impl Append for Producing<'_> {
         }
         if *name == t.dead_letter_topic {
             record = record.headers(dead_letter_headers(value));
+        } else if t.events_topic.as_deref() == Some(name.as_str())
+            && let Some(id) = string_field(value, "correlation_id")
+                .or_else(|| string_field(value, "correlationid"))
+        {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "correlation_id",
+                value: Some(id),
+            }));
         }
         loop {
             match t.producer.send(record) {

@@ -123,6 +123,9 @@ pub struct KafkaInput {
     /// With `[kafka] assignment = "group"`: the membership, and its generation when
     /// this input was opened.
     member: Option<(Arc<GroupMember>, u64)>,
+    /// For `format = "cloudevents"`: the scratch buffer binary-mode records are turned
+    /// into structured-mode envelopes in.
+    cloudevents: Option<Vec<u8>>,
 }
 
 /// One assigned partition.
@@ -249,11 +252,18 @@ impl KafkaInput {
             serve_every: Duration::from_millis(stats_interval_ms),
             next_serve: Instant::now(),
             member,
+            cloudevents: None,
         };
         let start: Vec<(u32, u64)> = owned.into_iter().map(|p| (p, 0)).collect();
         input.assign(&start)?;
         input.wait_for_committed_ends()?;
         Ok(input)
+    }
+
+    /// Reads CloudEvents: records in Kafka binary mode (a `ce_specversion` header) are
+    /// handed on as structured-mode envelopes (`format.rs`); others as they are.
+    pub fn read_cloudevents(&mut self, on: bool) {
+        self.cloudevents = on.then(Vec::new);
     }
 
     /// The topic read.
@@ -463,7 +473,7 @@ impl SourceInput for KafkaInput {
                 a.kept = Some(m);
                 return Ok(0);
             }
-            push(buf, partition, &m);
+            push(buf, partition, &m, self.cloudevents.as_mut());
             a.position = m.offset() as u64 + 1;
             n += 1;
         }
@@ -492,7 +502,7 @@ impl SourceInput for KafkaInput {
                         a.kept = Some(m.detach());
                         break;
                     }
-                    push(buf, partition, &m);
+                    push(buf, partition, &m, self.cloudevents.as_mut());
                     a.position = offset as u64 + 1;
                     n += 1;
                 }
@@ -699,13 +709,22 @@ pub(crate) fn stable_offsets(json: &[u8], topic: &str) -> Result<Vec<(i32, u64)>
 /// Appends a Kafka record to `buf`: its timestamp in ms (0 if it has none), key and value
 /// (a null one as empty).
 #[inline]
-fn push<M: Message>(buf: &mut RecordBuf, partition: u32, m: &M) {
+/// Appends `m` to `buf`; with `cloudevents` (a scratch buffer), a binary-mode
+/// CloudEvent goes in as its structured-mode envelope.
+fn push<M: Message>(buf: &mut RecordBuf, partition: u32, m: &M, cloudevents: Option<&mut Vec<u8>>) {
     let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+    let key = m.key().unwrap_or_default();
+    if let Some(scratch) = cloudevents
+        && super::format::binary_to_structured(m, scratch)
+    {
+        buf.push(partition, m.offset() as u64, ts, key, scratch);
+        return;
+    }
     buf.push(
         partition,
         m.offset() as u64,
         ts,
-        m.key().unwrap_or_default(),
+        key,
         m.payload().unwrap_or_default(),
     );
 }

@@ -785,3 +785,94 @@ fn invariants_over_every_combination() {
         }
     }
 }
+
+// --- formats -----------------------------------------------------------------------
+
+#[test]
+fn base64_matches_rfc_4648_test_vectors() {
+    for (plain, encoded) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        let mut out = Vec::new();
+        super::format::base64(&mut out, plain.as_bytes());
+        assert_eq!(String::from_utf8(out).unwrap(), encoded, "{plain}");
+    }
+}
+
+#[test]
+fn string_fields_are_found_without_a_parse() {
+    use super::format::string_field;
+    let v = br#"{"event_id":"c-1:1","correlation_id":"co \"7\"","n":1}"#;
+    assert_eq!(string_field(v, "correlation_id"), Some(&br#"co \"7\""#[..]));
+    assert_eq!(string_field(v, "event_id"), Some(&b"c-1:1"[..]));
+    assert_eq!(string_field(v, "n"), None);
+    assert_eq!(string_field(v, "missing"), None);
+    assert_eq!(string_field(br#"{"a":"unterminated"#, "a"), None);
+}
+
+#[test]
+fn a_binary_mode_cloudevent_becomes_its_structured_envelope() {
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+    let message = |headers: OwnedHeaders, value: &[u8]| {
+        OwnedMessage::new(
+            Some(value.to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        )
+    };
+    let h = |pairs: &[(&str, &str)]| {
+        pairs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(*v),
+            })
+        })
+    };
+    let mut out = Vec::new();
+    let json = message(
+        h(&[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "e-1"),
+            ("ce_source", "/bank"),
+            ("ce_type", "deposit"),
+            ("ce_subject", "ACC-1"),
+            ("content-type", "application/json"),
+            ("traceparent", "ignored"),
+        ]),
+        br#"{"amount":5}"#,
+    );
+    assert!(super::format::binary_to_structured(&json, &mut out));
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"specversion":"1.0","id":"e-1","source":"/bank","type":"deposit",
+            "subject":"ACC-1","datacontenttype":"application/json","data":{"amount":5}})
+    );
+    // Not JSON: data_base64.
+    let bytes = message(
+        h(&[
+            ("ce_specversion", "1.0"),
+            ("content-type", "application/octet-stream"),
+        ]),
+        b"foo",
+    );
+    assert!(super::format::binary_to_structured(&bytes, &mut out));
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["data_base64"], "Zm9v");
+    // Structured mode (no ce_specversion header): left alone.
+    let structured = message(
+        h(&[("content-type", "application/cloudevents+json")]),
+        b"{}",
+    );
+    assert!(!super::format::binary_to_structured(&structured, &mut out));
+}

@@ -1,0 +1,124 @@
+//! Record formats at the Kafka edge.
+//!
+//! - **CloudEvents Kafka binary mode** (inputs): a record with a `ce_specversion`
+//!   header carries its attributes as `ce_<attribute>` headers, its content type as
+//!   `content-type`, and its data as the value. A source of `format = "cloudevents"`
+//!   turns such a record into the structured-mode envelope (`{"specversion": ..., "id":
+//!   ..., "data": ...}`) before the engine sees it, so both modes meet the same checks
+//!   and field names (`type`, `subject`, `data.amount`). A record without the header is
+//!   taken as structured mode, as the Kafka protocol binding says a receiver should.
+//! - **Correlation ids** (outputs): an aggregate's events carry `correlation_id`; the
+//!   Kafka commit target also sets it as the `correlation_id` header, so consumers can
+//!   trace a command's events without parsing them.
+
+use rdkafka::message::{Headers, Message};
+
+/// The header that marks binary mode.
+pub const CE_SPECVERSION: &str = "ce_specversion";
+
+/// Writes the structured-mode envelope of `m` into `out` if `m` is a binary-mode
+/// CloudEvent (it has a `ce_specversion` header); false (and `out` untouched) if not.
+///
+/// Attributes are the `ce_` headers (their values as UTF-8 strings, invalid bytes
+/// replaced); `content-type` becomes `datacontenttype`. The value becomes `data` when it
+/// is JSON (a JSON content type, or none, and the value parses), else `data_base64`. An
+/// empty value means no data.
+pub fn binary_to_structured<M: Message>(m: &M, out: &mut Vec<u8>) -> bool {
+    let Some(headers) = m.headers() else {
+        return false;
+    };
+    if !headers.iter().any(|h| h.key == CE_SPECVERSION) {
+        return false;
+    }
+    out.clear();
+    out.push(b'{');
+    let mut content_type: Option<String> = None;
+    let mut first = true;
+    for h in headers.iter() {
+        let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+        let name = if let Some(attr) = h.key.strip_prefix("ce_") {
+            if attr.is_empty() || attr == "data" || attr == "data_base64" {
+                continue;
+            }
+            attr
+        } else if h.key.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.to_string());
+            "datacontenttype"
+        } else {
+            continue;
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_str(out, name);
+        out.push(b':');
+        json_str(out, &value);
+    }
+    let data = m.payload().unwrap_or_default();
+    if !data.is_empty() {
+        let json_type = content_type.as_deref().is_none_or(|t| {
+            let t = t.split(';').next().unwrap_or("").trim();
+            t == "application/json" || t.ends_with("+json") || t == "text/json"
+        });
+        if json_type && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data);
+        } else {
+            out.extend_from_slice(b",\"data_base64\":\"");
+            base64(out, data);
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+    true
+}
+
+/// The string value of top-level field `key` in a JSON object rendered by onceflow
+/// (`"key":"value"`, no space), without unescaping; `None` if absent or not a string.
+/// A scan, not a parse: it runs on every event committed to Kafka.
+pub fn string_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    // hot path
+    let mut pat = Vec::with_capacity(key.len() + 4);
+    pat.push(b'"');
+    pat.extend_from_slice(key.as_bytes());
+    pat.extend_from_slice(b"\":\"");
+    let start = json.windows(pat.len()).position(|w| w == pat.as_slice())? + pat.len();
+    let rest = &json[start..];
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&rest[..i]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json writes a valid JSON string for any &str.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+pub fn base64(out: &mut Vec<u8>, data: &[u8]) {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(A[(n >> 18) as usize & 63]);
+        out.push(A[(n >> 12) as usize & 63]);
+        out.push(if c.len() > 1 {
+            A[(n >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        out.push(if c.len() > 2 {
+            A[n as usize & 63]
+        } else {
+            b'='
+        });
+    }
+}
