@@ -225,6 +225,15 @@ impl KafkaInput {
             .set("auto.offset.reset", "error")
             .set("allow.auto.create.topics", "false")
             .set("statistics.interval.ms", stats_interval_ms.to_string())
+            // librdkafka pauses a partition's fetching this long when its queue is
+            // full (1 s by default): draining a backlog stalls in 1 s gaps (measured:
+            // 120–175k events/s → 590–820k with 10 ms, docs/benchmarks.md).
+            .set(
+                "fetch.queue.backoff.ms",
+                conn.properties
+                    .get("fetch.queue.backoff.ms")
+                    .map_or("10", String::as_str),
+            )
             // Quiet: problems come back as errors or through `last_client_error`.
             .set_log_level(RDKafkaLogLevel::Emerg);
         let consumer: BaseConsumer<SourceContext> = config
