@@ -937,16 +937,7 @@ fn throughput_run(a: &Args, brokers: &str, who: Who, input: &str) -> Measured {
         },
         &mut || running.alive(),
     );
-    let mut note = match stop(running) {
-        Ok(n) => n,
-        Err(e) => e,
-    };
-    if r.timed_out {
-        note = format!("timed out; {note}");
-    }
-    if r.exited {
-        note = format!("it stopped by itself; {note}");
-    }
+    let mut note = stop_note(running, r.timed_out, r.exited);
     let drained = r.committed == a.events;
     if drained && !r.window_full {
         note = format!("backlog drained before the window's end: window shortened; {note}");
@@ -962,6 +953,18 @@ fn throughput_run(a: &Args, brokers: &str, who: Who, input: &str) -> Measured {
         duplicates: 0,
         note,
     }
+}
+
+/// Stops a contestant; its summary (or why it failed), after how the reading ended.
+fn stop_note(running: Running, timed_out: bool, exited: bool) -> String {
+    let mut note = stop(running).unwrap_or_else(|e| e);
+    if timed_out {
+        note = format!("timed out; {note}");
+    }
+    if exited {
+        note = format!("it stopped by itself; {note}");
+    }
+    note
 }
 
 fn failed(who: Who, expected: u64, note: String) -> Measured {
@@ -1055,16 +1058,7 @@ fn latency_run(a: &Args, brokers: &str, who: Who) -> Measured {
         done.store(true, Ordering::Release);
         (r, producer.join().unwrap())
     });
-    let mut note = match stop(running) {
-        Ok(n) => n,
-        Err(e) => e,
-    };
-    if r.timed_out {
-        note = format!("timed out; {note}");
-    }
-    if r.exited {
-        note = format!("it stopped by itself; {note}");
-    }
+    let note = stop_note(running, r.timed_out, r.exited);
     let h = &r.latency;
     Measured {
         who,

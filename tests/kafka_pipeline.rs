@@ -183,20 +183,7 @@ struct Out {
 /// Everything in `topic` (all partitions, from the start) as a read_committed consumer
 /// sees it: reads until every partition reports its end.
 fn read_all(brokers: &str, topic: &str, partitions: u32) -> Vec<Out> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", kafka::unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = kafka::reader_from_start(brokers, topic, partitions);
     let mut at_end = vec![false; partitions as usize];
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);

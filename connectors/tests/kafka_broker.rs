@@ -31,20 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 /// Reads `topic` (all its partitions, from the start) with a read_committed consumer
 /// until the end of every partition; returns the payloads in partition order.
 fn read_committed(conn: &KafkaConnection, topic: &str, partitions: i32) -> Vec<String> {
-    let consumer: BaseConsumer = conn
-        .client_config()
-        .set("group.id", unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::reader_from_start(&conn.bootstrap_servers, topic, partitions as u32);
     let mut out: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     let mut at_end = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(15);

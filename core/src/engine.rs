@@ -295,7 +295,6 @@ fn run_recovering(p: &Pipeline, mut opts: RunOptions) -> Result<RunSummary, Engi
     }
     let hook = opts.on_commit.take().map(|h| Arc::new(Mutex::new(h)));
     let mut failures = 0u32;
-    let mut first_summary_elapsed = Duration::ZERO;
     let started = Instant::now();
     loop {
         let attempt = RunOptions {
@@ -349,10 +348,10 @@ fn run_recovering(p: &Pipeline, mut opts: RunOptions) -> Result<RunSummary, Engi
                     }
                     std::thread::sleep(Duration::from_millis(20).min(wait));
                 }
-                first_summary_elapsed = started.elapsed();
             }
             Ok(mut s) => {
-                s.elapsed += first_summary_elapsed;
+                // Every attempt counts.
+                s.elapsed = started.elapsed();
                 return Ok(s);
             }
             Err(e) => return Err(e),

@@ -78,12 +78,12 @@ pub fn binary_to_structured<M: Message>(m: &M, out: &mut Vec<u8>) -> bool {
 /// (`"key":"value"`, no space), without unescaping; `None` if absent or not a string.
 /// A scan, not a parse: it runs on every event committed to Kafka.
 pub fn string_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
-    // hot path
-    let mut pat = Vec::with_capacity(key.len() + 4);
-    pat.push(b'"');
-    pat.extend_from_slice(key.as_bytes());
-    pat.extend_from_slice(b"\":\"");
-    let start = json.windows(pat.len()).position(|w| w == pat.as_slice())? + pat.len();
+    // hot path: `"key":"` matched in place, nothing allocated
+    let key = key.as_bytes();
+    let len = key.len() + 4;
+    let start = json.windows(len).position(|w| {
+        w[0] == b'"' && &w[1..=key.len()] == key && &w[key.len() + 1..] == b"\":\""
+    })? + len;
     let rest = &json[start..];
     let mut i = 0;
     while i < rest.len() {

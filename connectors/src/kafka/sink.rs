@@ -69,19 +69,18 @@ pub struct KafkaTarget {
     replication_factor: Option<u16>,
     /// Bounds every transactional call (retried within the retry policy).
     timeout: Duration,
-    /// Output topics by [`OutputTopic`] number.
-    topics: Vec<String>,
-    /// The dead-letter topic's name: its records get their reason, stage and original
-    /// coordinates as headers too.
+    /// Output topics by [`OutputTopic`] number, with the headers their records get.
+    topics: Vec<(String, Headed)>,
+    /// The dead-letter topic's name.
     dead_letter_topic: String,
-    /// An aggregate's events topic: its records get their `correlation_id` as a header.
+    /// An aggregate's events topic.
     events_topic: Option<String>,
     /// Source name → Kafka topic.
     sources: BTreeMap<String, String>,
     last: Option<CommitMarker>,
-    /// The broker returned committed offsets without their metadata (the test broker
-    /// does): the epoch is unknown.
-    metadata_lost: std::cell::Cell<bool>,
+    /// False when the broker returned committed offsets without their metadata (the
+    /// test broker does), or with `assignment = "group"`: see `epoch_known`.
+    epoch_known: bool,
     /// With `[kafka] assignment = "group"`: the membership whose group metadata goes
     /// with the offsets (its generation fences a member that lost its partitions).
     member: Option<Arc<GroupMember>>,
@@ -240,22 +239,25 @@ impl KafkaTarget {
             last: None,
             // Each member numbers its own epochs: the group's offsets cannot say which
             // snapshot of this instance is committed (its offsets can).
-            metadata_lost: std::cell::Cell::new(member.is_some()),
+            epoch_known: member.is_none(),
             member,
             policy: RetryPolicy::default(),
         };
         if transactional {
             target.call(TxnOp::InitTransactions, |p, t| p.init_transactions(t))?;
         }
-        target.last = target.read_committed_offsets(&counts)?;
+        let (last, metadata_kept) = target.read_committed_offsets(&counts)?;
+        target.last = last;
+        target.epoch_known &= metadata_kept;
         Ok(target)
     }
 
-    /// The group's committed offsets of every source partition, as the last commit.
+    /// The group's committed offsets of every source partition, as the last commit;
+    /// and whether the broker kept their metadata (the epoch).
     fn read_committed_offsets(
         &self,
         counts: &BTreeMap<String, Option<u32>>,
-    ) -> Result<Option<CommitMarker>, CommitError> {
+    ) -> Result<(Option<CommitMarker>, bool), CommitError> {
         let mut tpl = TopicPartitionList::new();
         for topic in self.sources.values() {
             for p in 0..counts.get(topic).copied().flatten().unwrap_or(0) {
@@ -263,7 +265,7 @@ impl KafkaTarget {
             }
         }
         if tpl.count() == 0 {
-            return Ok(None);
+            return Ok((None, true));
         }
         let started = Instant::now();
         let committed = loop {
@@ -281,6 +283,7 @@ impl KafkaTarget {
             }
         };
         let mut epoch: Option<u64> = None;
+        let mut metadata_kept = true;
         let mut inputs = Vec::new();
         for el in committed.elements() {
             let Offset::Offset(off) = el.offset() else {
@@ -306,16 +309,17 @@ impl KafkaTarget {
                 )));
             };
             epoch = Some(epoch.map_or(e, |x: u64| x.max(e)));
-            if e == 0 {
-                self.metadata_lost.set(true);
-            }
+            metadata_kept &= e != 0;
             for (name, topic) in &self.sources {
                 if topic == el.topic() {
                     inputs.push((name.clone(), el.partition() as u32, off.max(0) as u64));
                 }
             }
         }
-        Ok(epoch.map(|epoch| CommitMarker { epoch, inputs }))
+        Ok((
+            epoch.map(|epoch| CommitMarker { epoch, inputs }),
+            metadata_kept,
+        ))
     }
 
     /// Runs one producer operation under the error state machine: retried while it
@@ -410,7 +414,7 @@ impl CommitTarget for KafkaTarget {
     }
 
     fn ensure_topic(&mut self, name: &str, partitions: u32) -> Result<OutputTopic, CommitError> {
-        if let Some(i) = self.topics.iter().position(|t| t == name) {
+        if let Some(i) = self.topics.iter().position(|(t, _)| t == name) {
             return Ok(i as OutputTopic);
         }
         let topic = TopicConfig {
@@ -427,7 +431,14 @@ impl CommitTarget for KafkaTarget {
             )),
             other => admin_error(other),
         })?;
-        self.topics.push(name.to_string());
+        let headed = if name == self.dead_letter_topic {
+            Headed::DeadLetter
+        } else if self.events_topic.as_deref() == Some(name) {
+            Headed::Event
+        } else {
+            Headed::No
+        };
+        self.topics.push((name.to_string(), headed));
         Ok((self.topics.len() - 1) as OutputTopic)
     }
 
@@ -436,7 +447,7 @@ impl CommitTarget for KafkaTarget {
     }
 
     fn epoch_known(&self) -> bool {
-        !self.metadata_lost.get()
+        self.epoch_known
     }
 
     fn committed_inputs(&self, source: &str) -> Vec<(u32, u64)> {
@@ -523,6 +534,16 @@ impl CommitTarget for KafkaTarget {
     }
 }
 
+/// Which headers an output topic's records get, decided once per topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headed {
+    No,
+    /// Reason, stage and original coordinates (`dead_letter_headers`).
+    DeadLetter,
+    /// The event's `correlation_id`.
+    Event,
+}
+
 /// Produces an epoch's records; keeps the first failure (and produces nothing after it).
 struct Producing<'a> {
     target: &'a KafkaTarget,
@@ -536,23 +557,26 @@ impl Append for Producing<'_> {
             return;
         }
         let t = self.target;
-        let name = &t.topics[topic as usize];
+        let (name, headed) = &t.topics[topic as usize];
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(name)
             .partition(partition as i32)
             .payload(value);
         if !key.is_empty() {
             record = record.key(key);
         }
-        if *name == t.dead_letter_topic {
-            record = record.headers(dead_letter_headers(value));
-        } else if t.events_topic.as_deref() == Some(name.as_str())
-            && let Some(id) = string_field(value, "correlation_id")
-                .or_else(|| string_field(value, "correlationid"))
-        {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "correlation_id",
-                value: Some(id),
-            }));
+        match headed {
+            Headed::No => {}
+            Headed::DeadLetter => record = record.headers(dead_letter_headers(value)),
+            Headed::Event => {
+                if let Some(id) = string_field(value, "correlation_id")
+                    .or_else(|| string_field(value, "correlationid"))
+                {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: "correlation_id",
+                        value: Some(id),
+                    }));
+                }
+            }
         }
         loop {
             match t.producer.send(record) {

@@ -77,3 +77,29 @@ pub fn closed_port_address() -> String {
     };
     format!("127.0.0.1:{port}")
 }
+
+/// A read_committed consumer of every partition of `topic` from its start, reporting
+/// each partition's end (`enable.partition.eof`), in a group of its own that never
+/// commits: how tests read what was committed.
+pub fn reader_from_start(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
