@@ -832,23 +832,48 @@ fn the_bank_example_gives_the_same_answers_on_kafka() {
         expected("expected.json"),
         "{out}"
     );
+    let admin = KafkaAdmin::connect(&kafka::connection(&brokers)).unwrap();
+    let partitions = |topic: &str| admin.partition_counts(&[topic]).unwrap()[topic].unwrap();
+    // Read models of one account each: the same as on the embedded log. (The daily
+    // report, which sums deposits of all accounts, is checked below.)
     for (topic, file) in [
         ("balances", "expected_balances.json"),
         ("transactions", "expected_transactions.json"),
         ("monthly_statements", "expected_monthly_statements.json"),
-        ("daily_report", "expected_daily_report.json"),
     ] {
-        let partitions = KafkaAdmin::connect(&kafka::connection(&brokers))
-            .unwrap()
-            .partition_counts(&[topic])
-            .unwrap()[topic]
-            .unwrap();
         assert_eq!(
-            compact(&brokers, topic, partitions),
+            compact(&brokers, topic, partitions(topic)),
             expected(file),
             "{topic}\n{out}"
         );
     }
+    // The daily report adds up events of every account, which come from different
+    // partitions of the events topic. Kafka orders records within a partition only, so
+    // the read side sees the accounts interleaved as the fetches happen to return them;
+    // and the example's huge deposit overflows the day's `net`, so *which* update is
+    // refused (dead-lettered) depends on that interleaving: `deposits`, `net` and
+    // `version` are not defined by the input. The counts that do not depend on it must
+    // match the embedded log's.
+    let daily = compact(&brokers, "daily_report", partitions("daily_report"));
+    let want = expected("expected_daily_report.json");
+    for (day, row) in want.as_object().unwrap() {
+        for field in [
+            "day",
+            "key",
+            "accounts_opened",
+            "accounts_closed",
+            "withdrawals",
+        ] {
+            assert_eq!(
+                daily[day][field], row[field],
+                "daily_report {day}.{field}\n{out}"
+            );
+        }
+    }
+    assert_eq!(
+        daily.as_object().unwrap().len(),
+        want.as_object().unwrap().len()
+    );
 }
 
 #[test]
