@@ -238,6 +238,9 @@ fn print_summary(p: &Pipeline, s: &RunSummary, until_end: bool) {
             }
         );
     }
+    for from in &s.restored.partitions {
+        println!("  snapshot  {from}");
+    }
     for skipped in &s.restored.skipped {
         println!("  snapshot  not used: {skipped}");
     }

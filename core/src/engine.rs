@@ -511,9 +511,9 @@ pub fn run_with_stage<S: Stage>(
     let dead_topic = target.ensure_topic(&p.dead_letter_topic, 1)?;
     let mut epoch = target.last_commit().map(|m| m.epoch + 1).unwrap_or(1);
     let epoch_known = target.epoch_known();
-    if !epoch_known && let Some(s) = &p.snapshot {
+    if !epoch_known && let Some(dir) = p.snapshot_write_dir() {
         // Snapshots are named by epoch: number on past every one on disk.
-        let newest = crate::snapshot::list(&s.dir)
+        let newest = crate::snapshot::list(&dir)
             .ok()
             .and_then(|d| d.first().map(|d| d.epoch))
             .unwrap_or(0);
@@ -615,7 +615,15 @@ pub fn run_with_stage<S: Stage>(
         } else {
             u64::MAX
         };
-        match snapshots::restore(plan, committed_epoch, &names, &mut cores, opts.rebuild)? {
+        let replay_to: Vec<u64> = inputs.iter().map(|i| i.replay_to).collect();
+        match snapshots::restore(
+            plan,
+            committed_epoch,
+            &names,
+            &replay_to,
+            &mut cores,
+            opts.rebuild,
+        )? {
             Ok((starts, r))
                 if !epoch_known && inputs.iter().zip(&starts).any(|(i, &s)| s > i.replay_to) =>
             {

@@ -81,8 +81,14 @@ struct KeyEntry<St> {
     rendered_rec: u32,
     /// How many early records of this key wait in `HeldStore` (usually none).
     held: u32,
+    /// The input partition that keeps the key ([`ShardSettings::homed`]): where it was
+    /// first seen. [`NO_HOME`] until then, and when homes are not kept.
+    home: u32,
     state: St,
 }
+
+/// [`KeyEntry::home`] of a key not seen yet, or when homes are not kept.
+const NO_HOME: u32 = u32::MAX;
 
 impl<St> KeyEntry<St> {
     /// A key's entry with nothing rendered or held yet.
@@ -98,6 +104,7 @@ impl<St> KeyEntry<St> {
             rendered_gen: 0,
             rendered_rec: 0,
             held: 0,
+            home: NO_HOME,
             state,
         }
     }
@@ -133,6 +140,12 @@ pub struct ShardSettings {
     pub view_partitions: u32,
     /// Number of decoded values per event.
     pub slots: usize,
+    /// Each key belongs to the input partition it was first seen on (`[kafka]
+    /// assignment = "group"`: instances own partitions, so state must follow them). A
+    /// record of the key from another partition is dead-lettered
+    /// ([`DeadReason::PartitionMismatch`]), and snapshots store each key's partition so
+    /// that a partition's keys can be restored without the others'.
+    pub homed: bool,
 }
 
 impl ShardSettings {
@@ -146,6 +159,7 @@ impl ShardSettings {
             emit: p.view.emit,
             view_partitions: p.view.partitions,
             slots: p.referenced_fields().len(),
+            homed: p.homed_keys(),
         }
     }
 }
@@ -265,7 +279,7 @@ impl<S: Stage> ShardCore<S> {
             Entry::Vacant(v) => {
                 let i = u32::try_from(entries.len()).expect("at most 2^32 keys per shard");
                 let from_base = match self.base.as_mut() {
-                    Some(b) => b.take(&*self.stage, hash, key),
+                    Some(b) => b.take(&*self.stage, self.cfg.homed, hash, key),
                     None => None,
                 };
                 let entry = match from_base {
@@ -305,6 +319,27 @@ impl<S: Stage> ShardCore<S> {
                 arena: &batch.arena,
             };
             let raw = batch.bytes(ev.raw);
+            if self.cfg.homed && !self.at_home(idx, ev.input) {
+                if ev.target == RECORD {
+                    let oc = sink(&mut o, &mut later, ev.part, ev.target);
+                    self.refuse_foreign(idx, ev.input, ev.offset, ev.seq, raw, emit, ev.part, oc);
+                } else {
+                    // The record was counted by the router; this row's update failed.
+                    let mut scratch = Outcomes::default();
+                    self.refuse_foreign(
+                        idx,
+                        ev.input,
+                        ev.offset,
+                        ev.seq,
+                        raw,
+                        emit,
+                        ev.part,
+                        &mut scratch,
+                    );
+                    o.delivery_errors += 1;
+                }
+                continue;
+            }
             if !self.cfg.sequenced {
                 let oc = sink(&mut o, &mut later, ev.part, ev.target);
                 self.apply(
@@ -407,6 +442,55 @@ impl<S: Stage> ShardCore<S> {
         }
         o.part_errors += later.dead_total();
         o
+    }
+
+    /// Whether a record of `input` may change entry `idx`: the entry's home partition is
+    /// the input's (set here on first sight).
+    #[inline]
+    fn at_home(&mut self, idx: u32, input: u32) -> bool {
+        let partition = self.inputs[input as usize].1;
+        let entry = &mut self.entries[idx as usize];
+        if entry.home == NO_HOME {
+            entry.home = partition;
+        }
+        entry.home == partition
+    }
+
+    /// Dead-letters a record of a key kept by another partition (see [`ShardSettings::homed`]).
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn refuse_foreign(
+        &mut self,
+        idx: u32,
+        input: u32,
+        offset: u64,
+        seq: u64,
+        raw: &[u8],
+        emit: bool,
+        part: Part,
+        o: &mut Outcomes,
+    ) {
+        let entry = &self.entries[idx as usize];
+        let key = &entry.key.as_bytes()[self.stage.key_prefix_len()..];
+        let detail = format!(
+            "key '{}' is kept by partition {} (where it was first seen), and this record comes from partition {}: with [kafka] assignment = \"group\" instances own partitions, so all records of a key (of a projection row) must be in one partition; key the input topic by the pipeline key, or use assignment = \"all\"",
+            String::from_utf8_lossy(key),
+            entry.home,
+            self.inputs[input as usize].1
+        );
+        dead_letter(
+            &mut self.dead,
+            &self.inputs,
+            DeadReason::PartitionMismatch,
+            &part_detail(&detail, part),
+            input,
+            offset,
+            key,
+            self.cfg.sequenced.then_some(seq),
+            raw,
+            emit,
+            o,
+        );
     }
 
     /// Applies one in-order record (sequence already checked) and emits per the mode.
@@ -846,6 +930,6 @@ mod query;
 mod slab;
 mod snapshot;
 mod temporal;
-pub use snapshot::SnapshotJob;
+pub use snapshot::{SnapshotJob, entry_home};
 #[cfg(test)]
 mod tests;

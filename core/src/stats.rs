@@ -33,10 +33,13 @@ pub enum DeadReason {
     Upcast,
     /// Not a valid CloudEvents 1.0 envelope (on a `format = "cloudevents"` source).
     InvalidCloudEvent,
+    /// With `[kafka] assignment = "group"`: the record's key (or projection row) is kept
+    /// by another input partition, where it was first seen.
+    PartitionMismatch,
 }
 
 /// Number of [`DeadReason`]s.
-pub const DEAD_REASONS: usize = 11;
+pub const DEAD_REASONS: usize = 12;
 
 impl DeadReason {
     /// Every reason, in index order.
@@ -52,6 +55,7 @@ impl DeadReason {
         DeadReason::UnknownType,
         DeadReason::Upcast,
         DeadReason::InvalidCloudEvent,
+        DeadReason::PartitionMismatch,
     ];
 
     /// Stable snake_case name (used in dead letters and metrics labels).
@@ -68,6 +72,7 @@ impl DeadReason {
             DeadReason::UnknownType => "unknown_type",
             DeadReason::Upcast => "upcast_failed",
             DeadReason::InvalidCloudEvent => "invalid_cloudevent",
+            DeadReason::PartitionMismatch => "partition_mismatch",
         }
     }
 
@@ -80,7 +85,9 @@ impl DeadReason {
             | DeadReason::BadKey
             | DeadReason::BadSequence
             | DeadReason::InvalidCloudEvent => "decode",
-            DeadReason::GapNotFilled | DeadReason::ReorderBufferFull => "sequence",
+            DeadReason::GapNotFilled
+            | DeadReason::ReorderBufferFull
+            | DeadReason::PartitionMismatch => "sequence",
             DeadReason::Logic | DeadReason::UnknownType => "logic",
             DeadReason::Upcast => "upcast",
         }

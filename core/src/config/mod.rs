@@ -177,8 +177,13 @@ pub struct SnapshotConfig {
     pub keep: usize,
     /// How a restart loads one.
     pub restore: RestoreMode,
-    /// Where they go: `<state_dir>/snapshots`.
+    /// Where they go: `[snapshot] dir`, by default `<state_dir>/snapshots`. With
+    /// `[kafka] assignment = "group"`, each instance writes under
+    /// `<dir>/instance-<instance>/` and restores from all of them (see
+    /// [`Pipeline::snapshot_write_dir`]).
     pub dir: PathBuf,
+    /// `dir` was given in the file (the read side's then goes under it).
+    pub explicit_dir: bool,
 }
 
 /// How a restart loads a snapshot (`[snapshot] restore`).
@@ -309,6 +314,9 @@ const MAX_SHARDS: i64 = 256;
 const MAX_PARTITIONS: i64 = 4096;
 /// Most output fields of a view (the fold tracks them in a 64-bit mask).
 pub const MAX_VIEW_FIELDS: usize = 64;
+/// Name prefix of an instance's snapshot directory under a shared `[snapshot] dir`
+/// (`[kafka] assignment = "group"`).
+pub const INSTANCE_DIR_PREFIX: &str = "instance-";
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -543,6 +551,20 @@ impl Pipeline {
                 "a pipeline with [kafka] commits its input offsets in Kafka transactions, which can only hold Kafka offsets: every source must be of type \"kafka\" (or remove [kafka] to run on the embedded log)",
             );
         }
+        if kafka
+            .as_ref()
+            .is_some_and(|k| k.assignment == kafka::Assignment::Group)
+            && sources.len() > 1
+        {
+            cx.error(
+                "kafka.assignment",
+                None,
+                format!(
+                    "\"group\" splits the input partitions between instances, each topic's independently (cooperative-sticky): with {} sources, a key's records in two topics could be owned by two instances and its state split. Read one topic per pipeline in group mode, or use assignment = \"all\"",
+                    sources.len()
+                ),
+            );
+        }
 
         // [[projections]] (read before [key] and [view]: a projection pipeline needs neither)
         let projections = projection::parse(&mut cx, &mut root);
@@ -632,13 +654,15 @@ impl Pipeline {
                     "says when to write a snapshot: give `every = \"30s\"`, `every_epochs` or `every_records` (or remove [snapshot] to recover by replay alone)",
                 );
             }
+            let dir = sn.string(&mut cx, "dir").map(&resolve);
             Some(SnapshotConfig {
                 every_epochs,
                 every,
                 every_records,
                 keep,
                 restore,
-                dir: state_dir.join("snapshots"),
+                explicit_dir: dir.is_some(),
+                dir: dir.unwrap_or_else(|| state_dir.join("snapshots")),
             })
         } else {
             None
@@ -942,7 +966,11 @@ impl Pipeline {
             upcast: None,
             projections: Some(ps.clone()),
             snapshot: self.snapshot.clone().map(|s| SnapshotConfig {
-                dir: self.state_dir.join("projections").join("snapshots"),
+                dir: if s.explicit_dir {
+                    s.dir.join("projections")
+                } else {
+                    self.state_dir.join("projections").join("snapshots")
+                },
                 ..s
             }),
             // Its own consumer group and transactional ids.
@@ -953,6 +981,27 @@ impl Pipeline {
             ..self.clone()
         };
         Some((write, read))
+    }
+
+    /// Whether each key is kept by one input partition (`[kafka] assignment = "group"`):
+    /// see [`crate::shard::ShardSettings::homed`].
+    pub fn homed_keys(&self) -> bool {
+        self.kafka
+            .as_ref()
+            .is_some_and(|k| k.assignment == kafka::Assignment::Group)
+    }
+
+    /// Where this instance writes its snapshots: `[snapshot] dir`, or with
+    /// `[kafka] assignment = "group"` its own `<dir>/instance-<instance>/` (instances
+    /// that share `dir` restore partitions taken over from each other's).
+    pub fn snapshot_write_dir(&self) -> Option<PathBuf> {
+        let s = self.snapshot.as_ref()?;
+        Some(match &self.kafka {
+            Some(k) if k.assignment == kafka::Assignment::Group => {
+                s.dir.join(format!("{INSTANCE_DIR_PREFIX}{}", k.instance))
+            }
+            _ => s.dir.clone(),
+        })
     }
 
     /// Every field path the pipeline reads from a record (key, sequence, reducers, filters),

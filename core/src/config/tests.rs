@@ -326,3 +326,35 @@ fn a_kafka_source_needs_the_kafka_section() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn group_assignment_reads_one_topic_and_keeps_snapshots_per_instance() {
+    let group = KAFKA.replace(
+        "[kafka]\n",
+        "[kafka]\nassignment = \"group\"\ninstance = \"east-1\"\n",
+    );
+    let src = group.clone() + "\n[snapshot]\nevery = \"10s\"\ndir = \"/shared/snaps\"\n";
+    let p = Pipeline::parse(&src, Path::new("/b")).unwrap();
+    assert!(p.homed_keys());
+    assert_eq!(p.snapshot.as_ref().unwrap().dir, Path::new("/shared/snaps"));
+    assert_eq!(
+        p.snapshot_write_dir().unwrap(),
+        Path::new("/shared/snaps/instance-east-1")
+    );
+    // Without group assignment, one directory; a relative one is the pipeline file's.
+    let plain = Pipeline::parse(
+        &(KAFKA.to_string() + "\n[snapshot]\nevery = \"10s\"\ndir = \"rel\"\n"),
+        Path::new("/b"),
+    )
+    .unwrap();
+    assert!(!plain.homed_keys());
+    assert_eq!(plain.snapshot_write_dir().unwrap(), Path::new("/b/rel"));
+
+    let two = group + "\n[[sources]]\nname = \"refunds\"\ntype = \"kafka\"\ntopic = \"refunds\"\n";
+    let errs = Pipeline::parse(&two, Path::new("/b")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "kafka.assignment" && e.message.contains("2 sources")),
+        "{errs:#?}"
+    );
+}

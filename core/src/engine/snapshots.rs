@@ -7,6 +7,7 @@
 //! replay each input from the snapshot's offsets up to the committed offsets with
 //! outputs suppressed; resume. Without a usable snapshot, replay from offset 0.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::EngineError;
 use crate::config::{Pipeline, RestoreMode, SnapshotConfig};
 use crate::hash::{SHARD_SALT, bucket, stable_hash};
-use crate::shard::{InputNames, ShardCore};
+use crate::shard::{InputNames, ShardCore, entry_home};
 use crate::snapshot::{
     Fingerprint, InputOffset, ShardFileInfo, SkipReason, Skipped, SnapshotError, SnapshotWriter,
     WriteOptions,
@@ -82,8 +83,16 @@ pub fn fingerprint(p: &Pipeline) -> Fingerprint {
     if let Some(u) = &p.upcast {
         f.set("upcast", format!("{u:?}"));
     }
+    if p.homed_keys() {
+        f.set(ENTRY_LAYOUT, "each key with its input partition");
+    }
     f
 }
+
+/// The fingerprint component saying how entries are laid out (absent: without their
+/// partition). A snapshot that differs there was written in another `[kafka]
+/// assignment` mode: it is skipped (replay instead), not a reason to refuse the run.
+const ENTRY_LAYOUT: &str = "entries";
 
 /// The fingerprint component naming the pipeline: a snapshot that differs there belongs
 /// to another pipeline (a copied or shared directory) and is skipped; one that differs
@@ -95,6 +104,13 @@ const PIPELINE_NAME: &str = "pipeline";
 #[derive(Debug)]
 pub struct Plan {
     cfg: SnapshotConfig,
+    /// Where this run writes (and, alone, restores from): `cfg.dir`, or with `[kafka]
+    /// assignment = "group"` this instance's directory under it.
+    dir: PathBuf,
+    /// With `[kafka] assignment = "group"`: the directory the instances share
+    /// (`cfg.dir`), whose `instance-*` directories a restore looks at partition by
+    /// partition.
+    shared: Option<PathBuf>,
     fingerprint: Fingerprint,
     fsync: bool,
     /// A snapshot is being written (the router starts no other until it is done).
@@ -111,7 +127,10 @@ impl Plan {
     /// The plan of a pipeline with `[snapshot]`.
     pub fn new(p: &Pipeline) -> Option<Arc<Plan>> {
         let cfg = p.snapshot.clone()?;
+        let dir = p.snapshot_write_dir()?;
         Some(Arc::new(Plan {
+            shared: p.homed_keys().then(|| cfg.dir.clone()),
+            dir,
             cfg,
             fingerprint: fingerprint(p),
             fsync: p.fsync == crate::log::FsyncPolicy::EveryCommit,
@@ -203,7 +222,7 @@ pub fn start(
     positions: &[u64],
 ) -> Option<(Arc<SnapshotWriter>, Pending)> {
     let writer = match SnapshotWriter::create(
-        &plan.cfg.dir,
+        &plan.dir,
         epoch,
         shards as u32,
         WriteOptions { fsync: plan.fsync },
@@ -304,9 +323,7 @@ impl Pending {
                     write_time: self.written_at.unwrap_or_default(),
                     complete_time: self.started.elapsed(),
                 });
-                if let Err(e) =
-                    crate::snapshot::retain(&plan.cfg.dir, plan.cfg.keep, committed_epoch)
-                {
+                if let Err(e) = crate::snapshot::retain(&plan.dir, plan.cfg.keep, committed_epoch) {
                     plan.failed(format!("removing old snapshots: {e}"));
                 }
             }
@@ -333,6 +350,9 @@ pub struct Restored {
     pub lazy: bool,
     /// Newer snapshots that were not used, and why.
     pub skipped: Vec<String>,
+    /// With `[kafka] assignment = "group"`: which snapshot each restored partition's
+    /// state came from, one line per snapshot used.
+    pub partitions: Vec<String>,
 }
 
 /// Picks the newest usable snapshot for `committed_epoch` and loads it into `cores`
@@ -349,14 +369,17 @@ pub fn restore<S: Stage>(
     plan: &Plan,
     committed_epoch: u64,
     names: &InputNames,
+    replay_to: &[u64],
     cores: &mut [ShardCore<S>],
     rebuild: bool,
 ) -> Result<Result<(Vec<u64>, Restored), (Restored, String)>, EngineError> {
+    if let Some(root) = &plan.shared {
+        return restore_shared(plan, root, names, replay_to, cores, rebuild);
+    }
     let started = Instant::now();
     let mut restored = Restored::default();
     let zero = vec![0; names.len()];
-    let selection = match crate::snapshot::select(&plan.cfg.dir, committed_epoch, &plan.fingerprint)
-    {
+    let selection = match crate::snapshot::select(&plan.dir, committed_epoch, &plan.fingerprint) {
         Ok(s) => s,
         Err(e) => {
             restored.skipped.push(e.to_string());
@@ -369,7 +392,7 @@ pub fn restore<S: Stage>(
     fn changed(s: &Skipped) -> Option<&Vec<crate::snapshot::FingerprintChange>> {
         match &s.reason {
             SkipReason::Invalid(SnapshotError::ForeignPipeline { changes, .. })
-                if !changes.iter().any(|c| c.component == PIPELINE_NAME) =>
+                if !only_skips(changes) =>
             {
                 Some(changes)
             }
@@ -450,6 +473,19 @@ pub fn restore<S: Stage>(
         };
         starts.push(o.next_offset);
     }
+    load_whole(plan, snapshot, starts, cores, restored, started)
+}
+
+/// Loads all of `snapshot` into `cores` (see [`restore`]); `starts` are its offsets.
+#[allow(clippy::type_complexity)]
+fn load_whole<S: Stage>(
+    plan: &Plan,
+    snapshot: crate::snapshot::Snapshot,
+    starts: Vec<u64>,
+    cores: &mut [ShardCore<S>],
+    mut restored: Restored,
+    started: Instant,
+) -> Result<Result<(Vec<u64>, Restored), (Restored, String)>, EngineError> {
     let epoch = snapshot.epoch();
     let dir = snapshot.dir().to_path_buf();
     let n = cores.len() as u32;
@@ -507,6 +543,331 @@ pub fn restore<S: Stage>(
     Ok(Ok((starts, restored)))
 }
 
+/// Fingerprint changes that make a snapshot unusable without refusing the run: it
+/// belongs to another pipeline, or was written in another assignment mode.
+fn only_skips(changes: &[crate::snapshot::FingerprintChange]) -> bool {
+    changes
+        .iter()
+        .any(|c| c.component == PIPELINE_NAME || c.component == ENTRY_LAYOUT)
+}
+
+/// A complete snapshot of this pipeline definition under a shared directory, as its
+/// manifest describes it (its shard files are checked when it is opened).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Its `snapshot-<epoch>` directory.
+    pub dir: PathBuf,
+    /// Its epoch (numbered by the instance that wrote it).
+    pub epoch: u64,
+    /// Written by this instance.
+    pub own: bool,
+    /// The input offsets its state covers.
+    pub inputs: Vec<InputOffset>,
+}
+
+/// For each input (`names` order), which candidate to restore it from and the offset
+/// to read on from: of those that cover it, the one with the highest offset not beyond
+/// `replay_to` (ties: this instance's own, then the newer epoch). `None`: no candidate
+/// covers the input; it is replayed from offset 0. Pure.
+///
+/// A partition's keys get their state from that partition's records alone (each key
+/// is kept by one partition), so partitions may come from different snapshots, written
+/// by different instances at different times.
+pub fn choose_per_input(
+    cands: &[Candidate],
+    names: &[(String, u32)],
+    replay_to: &[u64],
+) -> Vec<Option<(usize, u64)>> {
+    names
+        .iter()
+        .zip(replay_to)
+        .map(|((source, partition), &limit)| {
+            let mut best: Option<(usize, u64)> = None;
+            for (ci, c) in cands.iter().enumerate() {
+                let Some(o) = c
+                    .inputs
+                    .iter()
+                    .find(|o| &o.source == source && o.partition == *partition)
+                else {
+                    continue;
+                };
+                if o.next_offset > limit {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((bi, bo)) => {
+                        let b = &cands[bi];
+                        (o.next_offset, c.own, c.epoch) > (bo, b.own, b.epoch)
+                    }
+                };
+                if better {
+                    best = Some((ci, o.next_offset));
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+/// The complete snapshots of this pipeline under the shared `root`'s `instance-*`
+/// directories. Per instance directory, newest first, the snapshots before its first
+/// usable one that cannot be used are reported, and one of an earlier definition of the
+/// pipeline refuses the run as in [`restore`] (removed under `rebuild`).
+fn candidates(
+    plan: &Plan,
+    root: &Path,
+    rebuild: bool,
+    restored: &mut Restored,
+) -> Result<Vec<Candidate>, EngineError> {
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            restored
+                .skipped
+                .push(format!("{}: cannot be listed: {e}", root.display()));
+            return Ok(Vec::new());
+        }
+    };
+    let mut instances: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(crate::config::INSTANCE_DIR_PREFIX))
+                && d.path().is_dir()
+        })
+        .map(|d| d.path())
+        .collect();
+    instances.sort();
+    let mut out = Vec::new();
+    for inst in instances {
+        let own = inst == plan.dir;
+        let dirs = match crate::snapshot::list(&inst) {
+            Ok(d) => d,
+            Err(e) => {
+                restored.skipped.push(e.to_string());
+                continue;
+            }
+        };
+        let mut found = false;
+        for d in dirs {
+            let path = d.path.display();
+            if !d.complete {
+                if !found {
+                    restored.skipped.push(format!(
+                        "{path}: incomplete (no manifest: writing it did not finish)"
+                    ));
+                }
+                continue;
+            }
+            let m = match crate::snapshot::Manifest::read(
+                &d.path.join(crate::snapshot::format::MANIFEST_FILE),
+            ) {
+                Ok(m) => m,
+                Err(e) => {
+                    if !found {
+                        restored.skipped.push(format!("{path}: {e}"));
+                    }
+                    continue;
+                }
+            };
+            let changes = plan.fingerprint.changes_from(&m.fingerprint);
+            if !changes.is_empty() {
+                if found {
+                    continue;
+                }
+                let shown = changes
+                    .iter()
+                    .map(|c| c.component.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if only_skips(&changes) {
+                    restored
+                        .skipped
+                        .push(format!("{path}: written by another pipeline ({shown})"));
+                    continue;
+                }
+                if !rebuild {
+                    return Err(EngineError::ForeignSnapshot {
+                        path: d.path.clone(),
+                        epoch: d.epoch,
+                        changes: changes.iter().map(ToString::to_string).collect(),
+                    });
+                }
+                let done = match std::fs::remove_dir_all(&d.path) {
+                    Ok(()) => "removed to rebuild the state".to_string(),
+                    Err(e) => format!("could not be removed ({e}); it is ignored"),
+                };
+                restored.skipped.push(format!(
+                    "{path}: written by a different pipeline ({shown}): {done}"
+                ));
+                continue;
+            }
+            found = true;
+            out.push(Candidate {
+                dir: d.path.clone(),
+                epoch: m.epoch,
+                own,
+                inputs: m.inputs,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `'commands' partitions 0, 1, 2: snapshot of epoch 12 by instance 'a' (<dir>)`, for the summary.
+fn from_line(names: &InputNames, inputs: &[usize], c: &Candidate) -> String {
+    let source = inputs.first().map_or("", |&i| names[i].0.as_str());
+    let list = inputs
+        .iter()
+        .map(|&i| names[i].1.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let whose = if c.own {
+        "this instance".to_string()
+    } else {
+        c.dir
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(crate::config::INSTANCE_DIR_PREFIX))
+            .map_or_else(
+                || "another instance's".into(),
+                |n| format!("instance '{n}''s"),
+            )
+    };
+    format!(
+        "'{source}' partition{} {list}: snapshot of epoch {} by {whose} ({})",
+        if inputs.len() == 1 { "" } else { "s" },
+        c.epoch,
+        c.dir.display()
+    )
+}
+
+/// [`restore`] with `[kafka] assignment = "group"`: each of this run's partitions from
+/// the best snapshot any instance wrote of it under the shared directory
+/// ([`choose_per_input`]), loading from each snapshot only the keys (and held records)
+/// of the partitions it was chosen for. One snapshot of exactly this run's partitions
+/// (a restart without a rebalance) restores as without a shared directory (lazily when
+/// it can). A snapshot that fails to open is skipped and the choice made again.
+#[allow(clippy::type_complexity)]
+fn restore_shared<S: Stage>(
+    plan: &Plan,
+    root: &Path,
+    names: &InputNames,
+    replay_to: &[u64],
+    cores: &mut [ShardCore<S>],
+    rebuild: bool,
+) -> Result<Result<(Vec<u64>, Restored), (Restored, String)>, EngineError> {
+    let started = Instant::now();
+    let mut restored = Restored::default();
+    let mut cands = candidates(plan, root, rebuild, &mut restored)?;
+    loop {
+        let choice = choose_per_input(&cands, names, replay_to);
+        let mut used: Vec<usize> = choice.iter().flatten().map(|&(ci, _)| ci).collect();
+        used.sort_unstable();
+        used.dedup();
+        if used.is_empty() {
+            restored.took = started.elapsed();
+            return Ok(Ok((vec![0; names.len()], restored)));
+        }
+        let starts: Vec<u64> = choice.iter().map(|c| c.map_or(0, |(_, o)| o)).collect();
+        // One snapshot taken with exactly these partitions, all chosen from it.
+        if used.len() == 1
+            && choice.iter().all(Option::is_some)
+            && cands[used[0]].inputs.len() == names.len()
+        {
+            let ci = used[0];
+            match crate::snapshot::Snapshot::open(&cands[ci].dir, &plan.fingerprint) {
+                Ok(snap) => {
+                    let all: Vec<usize> = (0..names.len()).collect();
+                    restored.partitions.push(from_line(names, &all, &cands[ci]));
+                    return load_whole(plan, snap, starts, cores, restored, started);
+                }
+                Err(e) => {
+                    restored.skipped.push(e.to_string());
+                    cands.remove(ci);
+                    continue;
+                }
+            }
+        }
+        let mut opened = Vec::with_capacity(used.len());
+        let mut failed = None;
+        for &ci in &used {
+            match crate::snapshot::Snapshot::open(&cands[ci].dir, &plan.fingerprint) {
+                Ok(snap) => opened.push((ci, snap)),
+                Err(e) => {
+                    failed = Some((ci, e));
+                    break;
+                }
+            }
+        }
+        if let Some((ci, e)) = failed {
+            restored.skipped.push(e.to_string());
+            cands.remove(ci);
+            continue;
+        }
+        let n = cores.len() as u32;
+        let mut epoch = 0;
+        for (ci, snap) in &opened {
+            let mine: Vec<usize> = (0..names.len())
+                .filter(|&i| choice[i].is_some_and(|(c, _)| c == *ci))
+                .collect();
+            // One source in group mode: an input is named by its partition.
+            let partitions: Vec<u32> = mine.iter().map(|&i| names[i].1).collect();
+            restored
+                .partitions
+                .push(from_line(names, &mine, &cands[*ci]));
+            epoch = epoch.max(snap.epoch());
+            let fail = |restored: Restored, e: String| {
+                Ok(Err((restored, format!("{}: {e}", snap.dir().display()))))
+            };
+            for sh in snap.shards() {
+                for e in sh.iter() {
+                    let Some(home) = entry_home(&e) else {
+                        return fail(
+                            restored,
+                            format!("{}: an entry without its partition", sh.path().display()),
+                        );
+                    };
+                    if !partitions.contains(&home) {
+                        continue;
+                    }
+                    let hash = stable_hash(e.key);
+                    let core = &mut cores[bucket(hash, SHARD_SALT, n) as usize];
+                    if let Err(err) = core.restore_entry(hash, e) {
+                        return fail(restored, err);
+                    }
+                    restored.keys += 1;
+                }
+            }
+            for sh in snap.shards() {
+                for x in sh.extras() {
+                    if !mine
+                        .iter()
+                        .any(|&i| names[i].0 == x.source && names[i].1 == x.partition)
+                    {
+                        continue;
+                    }
+                    let core = &mut cores[bucket(stable_hash(x.key), SHARD_SALT, n) as usize];
+                    if let Err(err) = core.restore_held(&x) {
+                        return fail(restored, err);
+                    }
+                    restored.held += 1;
+                }
+            }
+        }
+        for c in cores.iter_mut() {
+            c.finish_restore();
+        }
+        restored.epoch = Some(epoch);
+        restored.took = started.elapsed();
+        return Ok(Ok((starts, restored)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,5 +901,203 @@ mod tests {
         // One at a time: not again while that one is being written.
         let mut t = Trigger::new();
         assert!(!t.due(&p, 1000), "busy");
+    }
+    // --- restore with a shared directory ([kafka] assignment = "group") -------------
+
+    use crate::batch::{EventBatch, OutBuf};
+    use crate::router::Router;
+    use crate::shard::ShardSettings;
+    use crate::stage::Fold;
+    use crate::stats::{DeadReason, Outcomes};
+
+    fn group_pipeline(dir: &std::path::Path, instance: &str) -> Pipeline {
+        let src = format!(
+            "[pipeline]\nname='t'\nshards=1\n[kafka]\nbrokers=['127.0.0.1:9']\nassignment='group'\ninstance='{instance}'\n\
+             [[sources]]\nname='s'\ntype='kafka'\ntopic='in'\n[key]\nfield='k'\nsequence='seq'\n\
+             [view]\ntopic='v'\n[view.fields]\nsum={{op='sum',field='n'}}\n\
+             [snapshot]\nevery_epochs=1\ndir='{}'\n",
+            dir.display()
+        );
+        Pipeline::parse(&src, std::path::Path::new(".")).unwrap()
+    }
+
+    /// One instance's shard, fed through the router like the engine does.
+    struct Instance {
+        p: Pipeline,
+        plan: Arc<Plan>,
+        names: InputNames,
+        router: Router,
+        core: ShardCore<Fold>,
+        o: Outcomes,
+    }
+
+    impl Instance {
+        fn new(dir: &std::path::Path, id: &str, partitions: &[u32]) -> Instance {
+            let p = group_pipeline(dir, id);
+            let names: InputNames = Arc::new(partitions.iter().map(|&q| ("s".into(), q)).collect());
+            let stage = Arc::new(Fold::new(&p.view.fields, &p.referenced_fields()));
+            Instance {
+                plan: Plan::new(&p).unwrap(),
+                router: Router::new(&p, names.clone()),
+                core: ShardCore::new(stage, ShardSettings::new(&p), names.clone()),
+                names,
+                p,
+                o: Outcomes::default(),
+            }
+        }
+
+        /// Feeds `(partition, offset, key, seq)` records of amount 1.
+        fn feed(&mut self, recs: &[(u32, u64, &str, u64)]) -> Outcomes {
+            let mut batches = vec![EventBatch::default()];
+            let mut dead = OutBuf::default();
+            for &(partition, offset, k, seq) in recs {
+                let input = self.names.iter().position(|n| n.1 == partition).unwrap() as u32;
+                let rec = format!(r#"{{"k":"{k}","seq":{seq},"n":1}}"#);
+                self.o.read += 1;
+                self.router.route(
+                    input,
+                    offset,
+                    0,
+                    rec.as_bytes(),
+                    &mut batches,
+                    &mut dead,
+                    true,
+                    &mut self.o,
+                );
+            }
+            self.core.process(&batches[0])
+        }
+
+        /// Writes a complete snapshot of `epoch` at `positions` (`names` order).
+        fn snapshot(&mut self, epoch: u64, positions: &[u64]) {
+            let (w, mut pending) = start(&self.plan, epoch, 1, &self.names, positions).unwrap();
+            self.core.begin_snapshot(w.shard(0).unwrap());
+            let job = self.core.snapshot_step(usize::MAX).unwrap();
+            drop(w);
+            pending.shard_done(job.finish());
+            assert!(pending.try_finish(epoch));
+        }
+
+        fn restore(&mut self, replay_to: &[u64]) -> (Vec<u64>, Restored) {
+            restore(
+                &self.plan,
+                u64::MAX,
+                &self.names,
+                replay_to,
+                std::slice::from_mut(&mut self.core),
+                false,
+            )
+            .unwrap()
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_taken_over_partition_restores_from_its_last_owners_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        // Instance a owned partitions 0..=2: k0 on 0, k1 on 1, k2 on 2 (seq 3 held: 2 is missing).
+        let mut a = Instance::new(dir.path(), "a", &[0, 1, 2]);
+        a.feed(&[
+            (0, 0, "k0", 1),
+            (0, 1, "k0", 2),
+            (1, 0, "k1", 1),
+            (1, 1, "k1", 2),
+            (2, 0, "k2", 1),
+            (2, 1, "k2", 3),
+        ]);
+        assert_eq!(a.core.held(), 1);
+        a.snapshot(5, &[2, 2, 2]);
+        // Instance b owned partition 3.
+        let mut b = Instance::new(dir.path(), "b", &[3]);
+        b.feed(&[(3, 0, "k3", 1), (3, 1, "k3", 2)]);
+        b.snapshot(2, &[2]);
+        assert!(
+            dir.path()
+                .join("instance-a")
+                .join(crate::snapshot::format::snapshot_dir_name(5))
+                .is_dir()
+        );
+
+        // b starts again with partitions 1 (a's) and 3 (its own).
+        let mut b = Instance::new(dir.path(), "b", &[1, 3]);
+        let (starts, r) = b.restore(&[2, 2]);
+        assert_eq!(starts, vec![2, 2]);
+        assert_eq!((r.keys, r.held), (2, 0), "k1 and k3 only: {r:?}");
+        assert_eq!(r.partitions.len(), 2, "{:?}", r.partitions);
+        assert!(
+            r.partitions
+                .iter()
+                .any(|l| l.contains("partition 1: snapshot of epoch 5 by instance 'a'")),
+            "{:?}",
+            r.partitions
+        );
+        assert!(
+            r.partitions
+                .iter()
+                .any(|l| l.contains("partition 3: snapshot of epoch 2 by this instance")),
+            "{:?}",
+            r.partitions
+        );
+        // Both keys go on where they were: the next numbers apply at once.
+        let o = b.feed(&[(1, 2, "k1", 3), (3, 2, "k3", 3)]);
+        assert_eq!((o.processed, o.held_delta), (2, 0));
+        // A record of k1 from partition 3 is refused: k1 is kept by partition 1.
+        let o = b.feed(&[(3, 3, "k1", 4)]);
+        assert_eq!(o.dead[DeadReason::PartitionMismatch as usize], 1);
+
+        // c takes partition 2: k2 and its held record, nothing else.
+        let mut c = Instance::new(dir.path(), "c", &[2]);
+        let (starts, r) = c.restore(&[2]);
+        assert_eq!(starts, vec![2]);
+        assert_eq!((r.keys, r.held), (1, 1));
+        assert_eq!(c.core.held(), 1);
+        let o = c.feed(&[(2, 2, "k2", 2)]);
+        assert_eq!(
+            (o.processed, o.held_delta),
+            (2, -1),
+            "seq 2 fills the gap and releases 3"
+        );
+
+        // A snapshot beyond the committed offsets is not used: that partition replays.
+        let mut d = Instance::new(dir.path(), "d", &[0, 3]);
+        let (starts, r) = d.restore(&[1, 2]);
+        assert_eq!(starts, vec![0, 2]);
+        assert_eq!(r.keys, 1, "k3 only");
+        assert_eq!(
+            d.p.snapshot_write_dir().unwrap(),
+            dir.path().join("instance-d")
+        );
+    }
+
+    #[test]
+    fn the_choice_per_partition_takes_the_furthest_usable_offset() {
+        let cand = |epoch, own, offs: &[(u32, u64)]| Candidate {
+            dir: format!("/s/{epoch}").into(),
+            epoch,
+            own,
+            inputs: offs
+                .iter()
+                .map(|&(partition, next_offset)| InputOffset {
+                    source: "s".into(),
+                    partition,
+                    next_offset,
+                })
+                .collect(),
+        };
+        let cands = vec![
+            cand(9, false, &[(0, 10), (1, 50)]),
+            cand(3, true, &[(0, 10), (2, 7)]),
+            cand(4, false, &[(1, 40)]),
+        ];
+        let names: Vec<(String, u32)> = (0..4).map(|q| ("s".to_string(), q)).collect();
+        assert_eq!(
+            choose_per_input(&cands, &names, &[10, 45, 100, 5]),
+            vec![
+                Some((1, 10)), // a tie on the offset: this instance's own
+                Some((2, 40)), // 50 is beyond the committed 45
+                Some((1, 7)),
+                None,
+            ]
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! A shard's state in and out of a snapshot (the files are `crate::snapshot`'s).
 //!
 //! Entry: the key, `seq` = the key's next expected sequence number, and the state bytes
-//! `[version u64][next_sub u8][stage state]`. Held (early) records go in as extras of
+//! `[version u64][next_sub u8][home u32, only when homes are kept][stage state]` (see
+//! [`ShardSettings::homed`](super::ShardSettings::homed); [`entry_home`] reads it). Held (early) records go in as extras of
 //! kind `held`, with their input coordinates and their decoded values, so a restore puts
 //! the reorder buffer back exactly as it was at the barrier.
 //!
@@ -21,7 +22,7 @@
 
 use std::sync::Arc;
 
-use super::{Held, KeyEntry, ShardCore};
+use super::{Held, KeyEntry, NO_HOME, ShardCore};
 use crate::batch::Part;
 use crate::decode::Value;
 use crate::hash::stable_hash;
@@ -74,6 +75,7 @@ impl Base {
     pub(super) fn take<S: Stage>(
         &mut self,
         stage: &S,
+        homed: bool,
         hash: u64,
         key: &[u8],
     ) -> Option<Result<KeyEntry<S::State>, String>> {
@@ -84,7 +86,7 @@ impl Base {
         }
         self.taken.set(n as usize);
         self.taken_count += 1;
-        Some(decode_entry(stage, hash, e).map(|mut entry| {
+        Some(decode_entry(stage, homed, hash, e).map(|mut entry| {
             entry.from_base = true;
             entry
         }))
@@ -105,9 +107,10 @@ impl Base {
     }
 }
 
-/// A key's entry from its snapshot bytes.
+/// A key's entry from its snapshot bytes; `homed`: they hold the key's home partition.
 fn decode_entry<S: Stage>(
     stage: &S,
+    homed: bool,
     hash: u64,
     e: EntryRef<'_>,
 ) -> Result<KeyEntry<S::State>, String> {
@@ -119,10 +122,30 @@ fn decode_entry<S: Stage>(
     let next_sub = t
         .u8("the key's next part")
         .map_err(|err| format!("key '{}': {err}", key()))?;
+    let home = if homed {
+        let h = t
+            .u32("the key's partition")
+            .map_err(|err| format!("key '{}': {err}", key()))?;
+        if h == NO_HOME {
+            return Err(format!("key '{}': no partition", key()));
+        }
+        h
+    } else {
+        NO_HOME
+    };
     let state = stage
         .decode_state(e.key, t.0)
         .map_err(|err| format!("key '{}': {err}", key()))?;
-    Ok(KeyEntry::new(hash, e.key, e.seq, next_sub, version, state))
+    let mut entry = KeyEntry::new(hash, e.key, e.seq, next_sub, version, state);
+    entry.home = home;
+    Ok(entry)
+}
+
+/// The home partition stored in an entry of a snapshot written with homes kept (see
+/// the module docs); `None` if the bytes are too short.
+pub fn entry_home(e: &EntryRef<'_>) -> Option<u32> {
+    let b = e.state.get(9..13)?;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
 }
 
 /// A snapshot a shard is writing (see the module docs).
@@ -143,13 +166,16 @@ pub(crate) struct Copy {
 
 impl Copy {
     /// Writes one entry; after an error, nothing (the file is abandoned).
-    fn write<S: Stage>(&mut self, stage: &S, e: &KeyEntry<S::State>) {
+    fn write<S: Stage>(&mut self, stage: &S, homed: bool, e: &KeyEntry<S::State>) {
         let Some(w) = self.writer.as_mut() else {
             return;
         };
         self.bytes.clear();
         self.bytes.put_u64(e.version);
         self.bytes.put_u8(e.next_sub);
+        if homed {
+            self.bytes.put_u32(e.home);
+        }
         let result = if stage.encode_state(&e.state, &mut self.bytes) {
             w.push_hashed(e.hash, e.key.as_bytes(), e.next_seq, &self.bytes)
                 .map_err(|err| err.to_string())
@@ -279,7 +305,7 @@ impl<S: Stage> ShardCore<S> {
         while c.next < c.len && n < max && c.writer.is_some() {
             let i = c.next;
             if !c.ahead.get(i as usize) {
-                c.write(&*self.stage, &self.entries[i as usize]);
+                c.write(&*self.stage, self.cfg.homed, &self.entries[i as usize]);
                 n += 1;
             }
             c.next += 1;
@@ -304,7 +330,7 @@ impl<S: Stage> ShardCore<S> {
         };
         if idx >= c.next && idx < c.len && !c.ahead.get(idx as usize) {
             c.ahead.set(idx as usize);
-            c.write(&*self.stage, &self.entries[idx as usize]);
+            c.write(&*self.stage, self.cfg.homed, &self.entries[idx as usize]);
         }
     }
 
@@ -316,7 +342,9 @@ impl<S: Stage> ShardCore<S> {
         let e = self.base.as_ref()?.peek(hash, key)?;
         // A state that does not decode is reported by the write path that needs it; a
         // read shows the key as absent meanwhile.
-        decode_entry(&*self.stage, hash, e).ok().map(KeyRef::Base)
+        decode_entry(&*self.stage, self.cfg.homed, hash, e)
+            .ok()
+            .map(KeyRef::Base)
     }
 
     /// Scan position `at`: the restored snapshot's entries come first (`0..base len`,
@@ -327,7 +355,7 @@ impl<S: Stage> ShardCore<S> {
         if at < base_len {
             let b = self.base.as_ref().expect("positions below base_len");
             return match b.untaken(at) {
-                Some(e) => decode_entry(&*self.stage, stable_hash(e.key), e)
+                Some(e) => decode_entry(&*self.stage, self.cfg.homed, stable_hash(e.key), e)
                     .ok()
                     .map(KeyRef::Base),
                 None => {
@@ -368,7 +396,7 @@ impl<S: Stage> ShardCore<S> {
                 String::from_utf8_lossy(e.key)
             ));
         }
-        let entry = decode_entry(&*self.stage, hash, e)?;
+        let entry = decode_entry(&*self.stage, self.cfg.homed, hash, e)?;
         let i = u32::try_from(self.entries.len()).expect("at most 2^32 keys per shard");
         self.entries.push(entry);
         let entries = &self.entries;

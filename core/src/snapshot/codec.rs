@@ -19,6 +19,8 @@ pub trait Put {
     fn put_u8(&mut self, v: u8);
     /// Little-endian u64.
     fn put_u64(&mut self, v: u64);
+    /// Little-endian u32.
+    fn put_u32(&mut self, v: u32);
     /// Little-endian i64.
     fn put_i64(&mut self, v: i64) {
         self.put_u64(v as u64);
@@ -36,6 +38,9 @@ impl Put for Vec<u8> {
         self.push(v);
     }
     fn put_u64(&mut self, v: u64) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn put_u32(&mut self, v: u32) {
         self.extend_from_slice(&v.to_le_bytes());
     }
     fn put_bytes(&mut self, b: &[u8]) {
@@ -64,6 +69,12 @@ impl<'a> Take<'a> {
     /// One byte.
     pub fn u8(&mut self, what: &str) -> Result<u8, String> {
         Ok(self.bytes_n(1, what)?[0])
+    }
+
+    /// Little-endian u32.
+    pub fn u32(&mut self, what: &str) -> Result<u32, String> {
+        let b = self.bytes_n(4, what)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
 
     /// Little-endian u64.
