@@ -1232,3 +1232,115 @@ fn cloudevents_in_kafka_binary_mode_read_like_structured_ones() {
     assert_eq!(dead.len(), 1, "{out}");
     assert_eq!(dead[0].value["reason"], "invalid_cloudevent");
 }
+
+#[test]
+fn aggregate_events_go_out_in_cloudevents_binary_mode_and_feed_a_projection() {
+    // A broker of its own: the example's topic names are fixed.
+    let Some(broker) = OwnBroker::start("cloudevents_binary_output") else {
+        return;
+    };
+    let brokers = broker.address.clone();
+    let dir = tempfile::tempdir().unwrap();
+    // The example's write side, on Kafka, its events in binary mode.
+    let full = std::fs::read_to_string(example("pipeline.toml")).unwrap();
+    let write_side = &full[..full.find("# ====").expect("the read-side banner")];
+    let src = write_side
+        .replace(
+            "type = \"log\"\npath = \"data/input\"\ntopic = \"commands\"\nload = \"commands.jsonl\"",
+            "type = \"kafka\"\ntopic = \"commands\"",
+        )
+        .replacen(
+            "[[sources]]",
+            &format!("[kafka]\nbrokers = [\"{brokers}\"]\n\n[[sources]]"),
+            1,
+        )
+        .replace(
+            "rejections_topic = \"account_rejections\"",
+            "rejections_topic = \"account_rejections\"\nevents_format = \"cloudevents_binary\"\nevents_source = \"/bank/accounts\"",
+        );
+    assert!(src.contains("cloudevents_binary") && src.contains("type = \"kafka\""));
+    std::fs::write(dir.path().join("write.toml"), src).unwrap();
+    let admin = KafkaAdmin::connect(&kafka::connection(&brokers)).unwrap();
+    kafka::create_topics(&admin, &[kafka::topic("commands", 2, true)]);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for line in std::fs::read_to_string(example("commands.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let key = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["account"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        p.send(BaseRecord::to("commands").key(&key).payload(line))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let out = run_until_end(&dir.path().join("write.toml"));
+
+    // Attributes in ce_ headers, the data alone in the value.
+    let partitions = |topic: &str| admin.partition_counts(&[topic]).unwrap()[topic].unwrap();
+    let events = read_all(&brokers, "account_events", partitions("account_events"));
+    assert_eq!(events.len(), 18, "{out}");
+    let opened = events
+        .iter()
+        .find(|e| e.headers.get("ce_id").map(String::as_str) == Some("c-001:0"))
+        .expect("ACC-1 opened");
+    let h = &opened.headers;
+    assert_eq!(h["ce_specversion"], "1.0");
+    assert_eq!(h["ce_source"], "/bank/accounts");
+    assert_eq!(h["ce_type"], "AccountOpened");
+    assert_eq!(h["ce_subject"], "ACC-1");
+    assert_eq!(h["ce_aggregateversion"], "1");
+    assert_eq!(h["ce_correlationid"], "c-001");
+    assert_eq!(h["correlation_id"], "c-001");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(opened.value["owner"], "Ada Lovelace");
+    assert!(opened.value.get("specversion").is_none(), "{:?}", opened.value);
+
+    // A projection reads them back as envelopes.
+    let projection = format!(
+        "[kafka]\nbrokers = [\"{brokers}\"]\n\n{}",
+        CE_PROJECTION.replace("type = \"log\"\npath = \"data/state\"", "type = \"kafka\"")
+    );
+    std::fs::write(dir.path().join("read.toml"), projection).unwrap();
+    let summary = run_until_end(&dir.path().join("read.toml"));
+    assert!(summary.contains("18 read = 18 processed"), "{summary}");
+    let view = compact(&brokers, "ce_balances", partitions("ce_balances"));
+    assert_eq!(view["ACC-1"]["balance"], 8900, "{view}");
+    assert_eq!(view["ACC-3"]["balance"], 700, "{view}");
+    assert_eq!(view["ACC-1"]["opened"], "EUR", "{view}");
+}
+
+/// Balances from CloudEvents envelopes of the bank's events.
+const CE_PROJECTION: &str = r#"
+[pipeline]
+name = "ce-balances"
+state_dir = "data/ce-projections"
+
+[[sources]]
+name = "events"
+type = "log"
+path = "data/state"
+topic = "account_events"
+format = "cloudevents"
+
+[[projections]]
+name = "ce_balances"
+key = "event.subject"
+fields = { balance = "0", opened = "''" }
+
+[[projections.on]]
+types = ["AccountOpened"]
+set = { opened = "event.data.currency" }
+
+[[projections.on]]
+types = ["Deposited"]
+set = { balance = "row.balance + event.data.amount" }
+
+[[projections.on]]
+types = ["Withdrawn"]
+set = { balance = "row.balance - event.data.amount" }
+"#;

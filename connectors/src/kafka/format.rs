@@ -7,6 +7,12 @@
 //!   ..., "data": ...}`) before the engine sees it, so both modes meet the same checks
 //!   and field names (`type`, `subject`, `data.amount`). A record without the header is
 //!   taken as structured mode, as the Kafka protocol binding says a receiver should.
+//! - **CloudEvents Kafka binary mode** (outputs, `events_format = "cloudevents_binary"`):
+//!   the aggregate writes the structured envelope as everywhere; the commit target
+//!   turns it into binary mode as it produces ([`structured_to_binary`]): each
+//!   attribute a `ce_<name>` header, `datacontenttype` the `content-type` header, the
+//!   data the value. A `format = "cloudevents"` source reads it back as the same
+//!   envelope, so a read side works with either mode.
 //! - **Correlation ids** (outputs): an aggregate's events carry `correlation_id`; the
 //!   Kafka commit target also sets it as the `correlation_id` header, so consumers can
 //!   trace a command's events without parsing them.
@@ -121,4 +127,92 @@ pub fn base64(out: &mut Vec<u8>, data: &[u8]) {
             b'='
         });
     }
+}
+
+/// The CloudEvents Kafka binary mode of a structured-mode envelope (a JSON object):
+/// `headers` gets `ce_<attribute>` for every attribute but `data`, `data_base64` and
+/// `datacontenttype` (string values as they are, numbers and booleans as their JSON
+/// text), and `content-type` from `datacontenttype` (`application/json` when the
+/// envelope has JSON `data` and names no type); `value` gets the data: `data` as JSON
+/// text, or `data_base64` decoded. Both are cleared first. `Err` (and nothing to rely
+/// on in the outputs) if the envelope is not a JSON object of such values.
+pub fn structured_to_binary(
+    envelope: &[u8],
+    headers: &mut Vec<(String, Vec<u8>)>,
+    value: &mut Vec<u8>,
+) -> Result<(), String> {
+    use serde_json::value::RawValue;
+    headers.clear();
+    value.clear();
+    let fields: Vec<(String, &RawValue)> =
+        serde_json::from_slice::<std::collections::BTreeMap<String, &RawValue>>(envelope)
+            .map_err(|e| format!("not a CloudEvents envelope: {e}"))?
+            .into_iter()
+            .collect();
+    let mut content_type = None;
+    let mut has_data = false;
+    for (name, raw) in &fields {
+        let text = raw.get();
+        match name.as_str() {
+            "data" => {
+                value.extend_from_slice(text.as_bytes());
+                has_data = true;
+                continue;
+            }
+            "data_base64" => {
+                let b64: String = serde_json::from_str(text)
+                    .map_err(|_| "data_base64 is not a string".to_string())?;
+                unbase64(b64.as_bytes(), value)?;
+                continue;
+            }
+            _ => {}
+        }
+        let v: Vec<u8> = match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(text)
+                .map_err(|e| format!("attribute {name}: {e}"))?
+                .into_bytes(),
+            Some(b'{' | b'[') | None => {
+                return Err(format!(
+                    "attribute {name} is not a string, number or boolean"
+                ));
+            }
+            Some(_) if text == "null" => continue,
+            Some(_) => text.as_bytes().to_vec(),
+        };
+        if name == "datacontenttype" {
+            content_type = Some(v);
+        } else {
+            headers.push((format!("ce_{name}"), v));
+        }
+    }
+    match content_type {
+        Some(t) => headers.push(("content-type".into(), t)),
+        None if has_data => headers.push(("content-type".into(), b"application/json".to_vec())),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Decodes standard base64 (padding optional) onto `out`.
+fn unbase64(text: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for &c in text {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return Err("data_base64 is not base64".into()),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(())
 }

@@ -73,8 +73,9 @@ pub struct KafkaTarget {
     topics: Vec<(String, Headed)>,
     /// The dead-letter topic's name.
     dead_letter_topic: String,
-    /// An aggregate's events topic.
-    events_topic: Option<String>,
+    /// An aggregate's events topic, and whether its events go out in CloudEvents
+    /// binary mode.
+    events_topic: Option<(String, bool)>,
     /// Source name → Kafka topic.
     sources: BTreeMap<String, String>,
     last: Option<CommitMarker>,
@@ -234,7 +235,10 @@ impl KafkaTarget {
             timeout,
             topics: Vec::new(),
             dead_letter_topic: p.dead_letter_topic.clone(),
-            events_topic: p.aggregate.as_ref().map(|a| a.events_topic.clone()),
+            events_topic: p
+                .aggregate
+                .as_ref()
+                .map(|a| (a.events_topic.clone(), a.cloudevents_binary)),
             sources,
             last: None,
             // Each member numbers its own epochs: the group's offsets cannot say which
@@ -433,8 +437,12 @@ impl CommitTarget for KafkaTarget {
         })?;
         let headed = if name == self.dead_letter_topic {
             Headed::DeadLetter
-        } else if self.events_topic.as_deref() == Some(name) {
-            Headed::Event
+        } else if let Some((_, binary)) = self.events_topic.as_ref().filter(|(t, _)| t == name) {
+            if *binary {
+                Headed::BinaryEvent
+            } else {
+                Headed::Event
+            }
         } else {
             Headed::No
         };
@@ -471,6 +479,7 @@ impl CommitTarget for KafkaTarget {
         let mut out = Producing {
             target: self,
             failed: None,
+            binary: (Vec::new(), Vec::new()),
         };
         fill(&mut out);
         if let Some((op, e)) = out.failed.take() {
@@ -542,12 +551,18 @@ enum Headed {
     DeadLetter,
     /// The event's `correlation_id`.
     Event,
+    /// A structured CloudEvents envelope sent in binary mode
+    /// ([`structured_to_binary`](super::format::structured_to_binary)), plus
+    /// `correlation_id`.
+    BinaryEvent,
 }
 
 /// Produces an epoch's records; keeps the first failure (and produces nothing after it).
 struct Producing<'a> {
     target: &'a KafkaTarget,
     failed: Option<(TxnOp, KafkaError)>,
+    /// Binary mode: the headers and value of the record being produced.
+    binary: (Vec<(String, Vec<u8>)>, Vec<u8>),
 }
 
 impl Append for Producing<'_> {
@@ -558,15 +573,44 @@ impl Append for Producing<'_> {
         }
         let t = self.target;
         let (name, headed) = &t.topics[topic as usize];
+        // Binary mode: the envelope's attributes become headers, its data the value. Our
+        // aggregate writes valid envelopes; should one not convert, it goes out as it is
+        // (structured mode, which is valid CloudEvents on Kafka too).
+        let binary = *headed == Headed::BinaryEvent
+            && super::format::structured_to_binary(value, &mut self.binary.0, &mut self.binary.1)
+                .is_ok();
+        let payload: &[u8] = if binary { &self.binary.1 } else { value };
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(name)
             .partition(partition as i32)
-            .payload(value);
+            .payload(payload);
         if !key.is_empty() {
             record = record.key(key);
         }
         match headed {
             Headed::No => {}
             Headed::DeadLetter => record = record.headers(dead_letter_headers(value)),
+            Headed::BinaryEvent if binary => {
+                let mut h = OwnedHeaders::new_with_capacity(self.binary.0.len() + 1);
+                for (k, v) in &self.binary.0 {
+                    h = h.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                if let Some((_, id)) = self.binary.0.iter().find(|(k, _)| k == "ce_correlationid") {
+                    h = h.insert(Header {
+                        key: "correlation_id",
+                        value: Some(id),
+                    });
+                }
+                record = record.headers(h);
+            }
+            Headed::BinaryEvent => {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json"),
+                }));
+            }
             Headed::Event => {
                 if let Some(id) = string_field(value, "correlation_id")
                     .or_else(|| string_field(value, "correlationid"))

@@ -162,6 +162,10 @@ pub struct AggregateConfig {
     /// `Some(source)`: events are written as CloudEvents 1.0 (structured JSON) with this
     /// `source` attribute; `None`: onceflow's plain JSON events.
     pub cloudevents_source: Option<String>,
+    /// `events_format = "cloudevents_binary"`: on Kafka, the events go out in the
+    /// CloudEvents Kafka binary content mode (attributes as `ce_*` headers, the data as
+    /// the value) instead of structured mode. Needs `[kafka]`.
+    pub cloudevents_binary: bool,
     /// Topic of rejected commands.
     pub rejections_topic: String,
     /// Partitions of both topics.
@@ -503,23 +507,31 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
     let expected_version_field = field_or(cx, a, "expected_version_field", "expected_version");
     let events_topic = topic_or(cx, a, "events_topic", format!("{base}_events"));
     let rejections_topic = topic_or(cx, a, "rejections_topic", format!("{base}_rejections"));
-    let events_format = a.choice(cx, "events_format", &["json", "cloudevents"]);
+    let events_format = a.choice(
+        cx,
+        "events_format",
+        &["json", "cloudevents", "cloudevents_binary"],
+    );
+    let cloudevents_binary = events_format.as_deref() == Some("cloudevents_binary");
+    let envelope = events_format
+        .as_deref()
+        .is_some_and(|f| f.starts_with("cloudevents"));
     let events_source = a.string(cx, "events_source");
-    let cloudevents_source = match (events_format.as_deref(), events_source) {
-        (Some("cloudevents"), Some(src)) if !src.is_empty() => Some(src),
-        (Some("cloudevents"), _) => {
+    let cloudevents_source = match (envelope, events_source) {
+        (true, Some(src)) if !src.is_empty() => Some(src),
+        (true, _) => {
             cx.error(
                 &walk::join(&a.path, "events_source"),
                 a.span(),
-                "is required with events_format = \"cloudevents\": the events' `source` attribute, a URI reference such as \"/bank/accounts\"",
+                "is required with events_format = \"cloudevents\" (or \"cloudevents_binary\"): the events' `source` attribute, a URI reference such as \"/bank/accounts\"",
             );
             None
         }
-        (_, Some(_)) => {
+        (false, Some(_)) => {
             cx.error(
                 &walk::join(&a.path, "events_source"),
                 a.span(),
-                "applies only with events_format = \"cloudevents\"",
+                "applies only with events_format = \"cloudevents\" or \"cloudevents_binary\"",
             );
             None
         }
@@ -757,6 +769,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, a: &mut Table<'_, '_>) -> Option<AggregateC
         expected_version_field,
         events_topic,
         cloudevents_source,
+        cloudevents_binary,
         rejections_topic,
         partitions,
         state,

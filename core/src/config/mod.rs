@@ -875,6 +875,13 @@ impl Pipeline {
             }
         }
         d.finish(&mut cx);
+        if kafka.is_none() && aggregate.as_ref().is_some_and(|a| a.cloudevents_binary) {
+            cx.error(
+                "aggregate.events_format",
+                None,
+                "\"cloudevents_binary\" puts the attributes in Kafka headers: it needs [kafka] (the embedded log has no headers; use \"cloudevents\" there)",
+            );
+        }
         if let (Some(a), Some(ps)) = (&aggregate, &projections) {
             check_read_side_fields(&mut cx, a, ps);
         }

@@ -358,3 +358,30 @@ fn group_assignment_reads_one_topic_and_keeps_snapshots_per_instance() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn cloudevents_binary_mode_needs_kafka() {
+    let full = include_str!("../../../examples/bank/pipeline.toml");
+    let write_side = &full[..full.find("# ====").expect("the read-side banner")];
+    let bank = write_side.replace(
+        "rejections_topic = \"account_rejections\"",
+        "rejections_topic = \"account_rejections\"\nevents_format = \"cloudevents_binary\"\nevents_source = \"/bank/accounts\"",
+    );
+    assert!(bank.contains("cloudevents_binary"));
+    let errs = Pipeline::parse(&bank, Path::new("/b")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "aggregate.events_format" && e.message.contains("[kafka]")),
+        "{errs:#?}"
+    );
+    let on_kafka = bank
+        .replace(
+            "type = \"log\"\npath = \"data/input\"\ntopic = \"commands\"\nload = \"commands.jsonl\"",
+            "type = \"kafka\"\ntopic = \"commands\"",
+        )
+        .replacen("[[sources]]", "[kafka]\nbrokers = [\"b:9092\"]\n\n[[sources]]", 1);
+    let p = Pipeline::parse(&on_kafka, Path::new("/b")).unwrap();
+    let a = p.aggregate.as_ref().unwrap();
+    assert!(a.cloudevents_binary);
+    assert_eq!(a.cloudevents_source.as_deref(), Some("/bank/accounts"));
+}
