@@ -1298,7 +1298,11 @@ fn aggregate_events_go_out_in_cloudevents_binary_mode_and_feed_a_projection() {
     assert_eq!(h["correlation_id"], "c-001");
     assert_eq!(h["content-type"], "application/json");
     assert_eq!(opened.value["owner"], "Ada Lovelace");
-    assert!(opened.value.get("specversion").is_none(), "{:?}", opened.value);
+    assert!(
+        opened.value.get("specversion").is_none(),
+        "{:?}",
+        opened.value
+    );
 
     // A projection reads them back as envelopes.
     let projection = format!(
