@@ -14,40 +14,6 @@ fn example(file: &str) -> std::path::PathBuf {
         .join(file)
 }
 
-const PROJECTION: &str = r#"
-[pipeline]
-name = "ce-balances"
-state_dir = "data/ce-projections"
-
-[[sources]]
-name = "events"
-type = "log"
-path = "data/state"
-topic = "account_events"
-format = "cloudevents"
-
-[[projections]]
-name = "balances"
-key = "event.subject"
-fields = { balance = "0", opened = "''" }
-
-[[projections.on]]
-types = ["AccountOpened"]
-set = { opened = "event.data.currency" }
-
-[[projections.on]]
-types = ["Deposited"]
-set = { balance = "row.balance + event.data.amount" }
-
-[[projections.on]]
-types = ["Withdrawn"]
-set = { balance = "row.balance - event.data.amount" }
-
-[[projections.on]]
-types = ["AccountClosed"]
-delete = "true"
-"#;
-
 #[test]
 fn aggregate_events_as_cloudevents_feed_a_projection() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +47,7 @@ fn aggregate_events_as_cloudevents_feed_a_projection() {
     assert_eq!(e["correlationid"], "c-001");
     assert_eq!(e["data"]["owner"], "Ada Lovelace");
 
-    std::fs::write(dir.path().join("projection.toml"), PROJECTION).unwrap();
+    std::fs::write(dir.path().join("projection.toml"), CE_PROJECTION).unwrap();
     let summary = run_until_end(&dir.path().join("projection.toml"));
     assert!(summary.contains("18 read = 18 processed"), "{summary}");
     let out = run_ok(
@@ -100,7 +66,7 @@ fn aggregate_events_as_cloudevents_feed_a_projection() {
 #[test]
 fn invalid_envelopes_are_dead_lettered_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.toml"), PROJECTION).unwrap();
+    std::fs::write(dir.path().join("p.toml"), CE_PROJECTION).unwrap();
     log_append(
         &dir.path().join("data/state"),
         &["--topic", "account_events"],

@@ -760,18 +760,9 @@ fn expected(file: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(example(file)).unwrap()).unwrap()
 }
 
-#[test]
-fn the_bank_example_gives_the_same_answers_on_kafka() {
-    // A broker of its own: the example's topic names are fixed.
-    let Some(broker) = OwnBroker::start("the_bank_example_on_kafka") else {
-        return;
-    };
-    let brokers = broker.address.clone();
-    let dir = tempfile::tempdir().unwrap();
-    // The shipped pipeline, with its source moved to Kafka (librdkafka's defaults: the
-    // read side learns the write side's last commit from statistics every 250 ms, and
-    // must still catch up with it before it stops).
-    let src = std::fs::read_to_string(example("pipeline.toml")).unwrap();
+/// `examples/bank`'s pipeline (or part of it) with its source moved to the Kafka topic
+/// `commands` at `brokers`.
+fn bank_on_kafka(src: &str, brokers: &str) -> String {
     let src = src
         .replace(
             "type = \"log\"\npath = \"data/input\"\ntopic = \"commands\"\nload = \"commands.jsonl\"",
@@ -779,22 +770,24 @@ fn the_bank_example_gives_the_same_answers_on_kafka() {
         )
         .replacen(
             "[[sources]]",
-            &format!(
-                "[kafka]\nbrokers = [\"{brokers}\"]\n\n[[sources]]"
-            ),
+            &format!("[kafka]\nbrokers = [\"{brokers}\"]\n\n[[sources]]"),
             1,
         );
     assert!(
         src.contains("type = \"kafka\""),
         "the example's source changed: update this test"
     );
-    let pipeline = dir.path().join("pipeline.toml");
-    std::fs::write(&pipeline, src).unwrap();
-    let admin = KafkaAdmin::connect(&kafka::connection(&brokers)).unwrap();
-    kafka::create_topics(&admin, &[kafka::topic("commands", 4, true)]);
-    // Keyed by account: the default partitioner keeps each account on one partition.
+    src
+}
+
+/// Creates the topic `commands` with `partitions` and produces the bank example's
+/// commands to it, keyed by account (the default partitioner keeps each account on one
+/// partition).
+fn produce_bank_commands(brokers: &str, partitions: u32) {
+    let admin = KafkaAdmin::connect(&kafka::connection(brokers)).unwrap();
+    kafka::create_topics(&admin, &[kafka::topic("commands", partitions, true)]);
     let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     for line in std::fs::read_to_string(example("commands.jsonl"))
@@ -809,6 +802,26 @@ fn the_bank_example_gives_the_same_answers_on_kafka() {
             .unwrap();
     }
     p.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn the_bank_example_gives_the_same_answers_on_kafka() {
+    // A broker of its own: the example's topic names are fixed.
+    let Some(broker) = OwnBroker::start("the_bank_example_on_kafka") else {
+        return;
+    };
+    let brokers = broker.address.clone();
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped pipeline, with its source moved to Kafka (librdkafka's defaults: the
+    // read side learns the write side's last commit from statistics every 250 ms, and
+    // must still catch up with it before it stops).
+    let src = bank_on_kafka(
+        &std::fs::read_to_string(example("pipeline.toml")).unwrap(),
+        &brokers,
+    );
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(&pipeline, src).unwrap();
+    produce_bank_commands(&brokers, 4);
 
     let out = run_until_end(&pipeline);
     assert!(
@@ -1244,40 +1257,14 @@ fn aggregate_events_go_out_in_cloudevents_binary_mode_and_feed_a_projection() {
     // The example's write side, on Kafka, its events in binary mode.
     let full = std::fs::read_to_string(example("pipeline.toml")).unwrap();
     let write_side = &full[..full.find("# ====").expect("the read-side banner")];
-    let src = write_side
-        .replace(
-            "type = \"log\"\npath = \"data/input\"\ntopic = \"commands\"\nload = \"commands.jsonl\"",
-            "type = \"kafka\"\ntopic = \"commands\"",
-        )
-        .replacen(
-            "[[sources]]",
-            &format!("[kafka]\nbrokers = [\"{brokers}\"]\n\n[[sources]]"),
-            1,
-        )
-        .replace(
+    let src = bank_on_kafka(write_side, &brokers).replace(
             "rejections_topic = \"account_rejections\"",
             "rejections_topic = \"account_rejections\"\nevents_format = \"cloudevents_binary\"\nevents_source = \"/bank/accounts\"",
         );
     assert!(src.contains("cloudevents_binary") && src.contains("type = \"kafka\""));
     std::fs::write(dir.path().join("write.toml"), src).unwrap();
+    produce_bank_commands(&brokers, 2);
     let admin = KafkaAdmin::connect(&kafka::connection(&brokers)).unwrap();
-    kafka::create_topics(&admin, &[kafka::topic("commands", 2, true)]);
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for line in std::fs::read_to_string(example("commands.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let key = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["account"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        p.send(BaseRecord::to("commands").key(&key).payload(line))
-            .unwrap();
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
     let out = run_until_end(&dir.path().join("write.toml"));
 
     // Attributes in ce_ headers, the data alone in the value.
@@ -1307,44 +1294,13 @@ fn aggregate_events_go_out_in_cloudevents_binary_mode_and_feed_a_projection() {
     // A projection reads them back as envelopes.
     let projection = format!(
         "[kafka]\nbrokers = [\"{brokers}\"]\n\n{}",
-        CE_PROJECTION.replace("type = \"log\"\npath = \"data/state\"", "type = \"kafka\"")
+        common::CE_PROJECTION.replace("type = \"log\"\npath = \"data/state\"", "type = \"kafka\"")
     );
     std::fs::write(dir.path().join("read.toml"), projection).unwrap();
     let summary = run_until_end(&dir.path().join("read.toml"));
     assert!(summary.contains("18 read = 18 processed"), "{summary}");
-    let view = compact(&brokers, "ce_balances", partitions("ce_balances"));
+    let view = compact(&brokers, "balances", partitions("balances"));
     assert_eq!(view["ACC-1"]["balance"], 8900, "{view}");
     assert_eq!(view["ACC-3"]["balance"], 700, "{view}");
     assert_eq!(view["ACC-1"]["opened"], "EUR", "{view}");
 }
-
-/// Balances from CloudEvents envelopes of the bank's events.
-const CE_PROJECTION: &str = r#"
-[pipeline]
-name = "ce-balances"
-state_dir = "data/ce-projections"
-
-[[sources]]
-name = "events"
-type = "log"
-path = "data/state"
-topic = "account_events"
-format = "cloudevents"
-
-[[projections]]
-name = "ce_balances"
-key = "event.subject"
-fields = { balance = "0", opened = "''" }
-
-[[projections.on]]
-types = ["AccountOpened"]
-set = { opened = "event.data.currency" }
-
-[[projections.on]]
-types = ["Deposited"]
-set = { balance = "row.balance + event.data.amount" }
-
-[[projections.on]]
-types = ["Withdrawn"]
-set = { balance = "row.balance - event.data.amount" }
-"#;

@@ -241,3 +241,39 @@ pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Balances from the bank's account events as CloudEvents envelopes (a projection
+/// pipeline of its own, reading them from the embedded log).
+pub const CE_PROJECTION: &str = r#"
+[pipeline]
+name = "ce-balances"
+state_dir = "data/ce-projections"
+
+[[sources]]
+name = "events"
+type = "log"
+path = "data/state"
+topic = "account_events"
+format = "cloudevents"
+
+[[projections]]
+name = "balances"
+key = "event.subject"
+fields = { balance = "0", opened = "''" }
+
+[[projections.on]]
+types = ["AccountOpened"]
+set = { opened = "event.data.currency" }
+
+[[projections.on]]
+types = ["Deposited"]
+set = { balance = "row.balance + event.data.amount" }
+
+[[projections.on]]
+types = ["Withdrawn"]
+set = { balance = "row.balance - event.data.amount" }
+
+[[projections.on]]
+types = ["AccountClosed"]
+delete = "true"
+"#;

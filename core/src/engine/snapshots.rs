@@ -406,26 +406,9 @@ pub fn restore<S: Stage>(
         .iter()
         .filter_map(|s| changed(s).map(|c| (s, c)));
     for (s, changes) in foreign {
-        if !rebuild {
-            return Err(EngineError::ForeignSnapshot {
-                path: s.path.clone(),
-                epoch: s.epoch,
-                changes: changes.iter().map(ToString::to_string).collect(),
-            });
-        }
-        let done = match std::fs::remove_dir_all(&s.path) {
-            Ok(()) => "removed to rebuild the state".to_string(),
-            Err(e) => format!("could not be removed ({e}); it is ignored"),
-        };
-        restored.skipped.push(format!(
-            "{}: written by a different pipeline ({}): {done}",
-            s.path.display(),
-            changes
-                .iter()
-                .map(|c| c.component.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        restored
+            .skipped
+            .push(refuse_or_remove(&s.path, s.epoch, changes, rebuild)?);
     }
     for s in &selection.skipped {
         if changed(s).is_some() {
@@ -543,6 +526,36 @@ fn load_whole<S: Stage>(
     restored.epoch = Some(epoch);
     restored.took = started.elapsed();
     Ok(Ok((starts, restored)))
+}
+
+/// A snapshot written by an earlier definition of this pipeline: refuses the run, or
+/// under `rebuild` is removed (the line says so).
+fn refuse_or_remove(
+    path: &Path,
+    epoch: u64,
+    changes: &[crate::snapshot::FingerprintChange],
+    rebuild: bool,
+) -> Result<String, EngineError> {
+    if !rebuild {
+        return Err(EngineError::ForeignSnapshot {
+            path: path.to_path_buf(),
+            epoch,
+            changes: changes.iter().map(ToString::to_string).collect(),
+        });
+    }
+    let done = match std::fs::remove_dir_all(path) {
+        Ok(()) => "removed to rebuild the state".to_string(),
+        Err(e) => format!("could not be removed ({e}); it is ignored"),
+    };
+    Ok(format!(
+        "{}: written by a different pipeline ({}): {done}",
+        path.display(),
+        changes
+            .iter()
+            .map(|c| c.component.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// Fingerprint changes that make a snapshot unusable without refusing the run: it
@@ -691,20 +704,9 @@ fn candidates(
                         .push(format!("{path}: written by another pipeline ({shown})"));
                     continue;
                 }
-                if !rebuild {
-                    return Err(EngineError::ForeignSnapshot {
-                        path: d.path.clone(),
-                        epoch: d.epoch,
-                        changes: changes.iter().map(ToString::to_string).collect(),
-                    });
-                }
-                let done = match std::fs::remove_dir_all(&d.path) {
-                    Ok(()) => "removed to rebuild the state".to_string(),
-                    Err(e) => format!("could not be removed ({e}); it is ignored"),
-                };
-                restored.skipped.push(format!(
-                    "{path}: written by a different pipeline ({shown}): {done}"
-                ));
+                restored
+                    .skipped
+                    .push(refuse_or_remove(&d.path, d.epoch, &changes, rebuild)?);
                 continue;
             }
             found = true;
