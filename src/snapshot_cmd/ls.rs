@@ -71,6 +71,26 @@ pub(super) fn ls(dir: &Path, verify: bool) -> Result<Done, Failure> {
             dir.display()
         );
     }
+    if rows.is_empty() {
+        // A directory instances share ([kafka] assignment = "group"): one per instance.
+        let mut instances: Vec<String> = fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n.starts_with(onceflow_core::config::INSTANCE_DIR_PREFIX))
+            .collect();
+        instances.sort();
+        if !instances.is_empty() {
+            let _ = writeln!(
+                out,
+                "(shared by the instances of a group-mode pipeline; each one's are in its own directory: {}; e.g. onceflow snapshot ls {})",
+                instances.join(", "),
+                root.join(&instances[0]).display()
+            );
+        }
+    }
     if !rows.is_empty() {
         let mut table = Table::new(&[
             ("EPOCH", false),
