@@ -277,3 +277,180 @@ fn the_transaction_history_is_filtered_by_type_amount_and_date_from_the_command_
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_insert_only_history_writes_each_row_once_and_keeps_none() {
+    // A history on its own: every event writes a new row of `history` (two shards, so
+    // its deliveries go round both), and `totals` counts the events per account.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        r#"[pipeline]
+name = "h"
+state_dir = "data/state"
+shards = 2
+
+[[sources]]
+name = "events"
+type = "log"
+path = "data/input"
+topic = "events"
+
+[[projections]]
+name = "history"
+insert_only = true
+key = "event.id"
+fields = { account = "''", amount = "0", kind = "'deposit'" }
+
+[[projections.on]]
+types = ["Deposited", "Withdrawn"]
+set = { account = "event.account", amount = "event.amount" }
+
+[[projections.on]]
+types = ["Withdrawn"]
+set = { kind = "'withdrawal'", amount = "-event.amount" }
+
+[[projections]]
+name = "totals"
+key = "event.account"
+fields = { n = "0" }
+
+[[projections.on]]
+set = { n = "row.n + 1" }
+"#,
+    )
+    .unwrap();
+    let event = |i: usize| {
+        let ty = if i.is_multiple_of(3) {
+            "Withdrawn"
+        } else {
+            "Deposited"
+        };
+        format!(
+            r#"{{"id":"E{i:02}","type":"{ty}","account":"A{}","amount":{i}}}"#,
+            i % 4
+        )
+    };
+    let input = dir.path().join("data/input");
+    let args = ["--topic", "events", "--key", "account", "--partitions", "2"];
+    // The first run: 20 events, one without an id (its key fails: only that delivery is
+    // dead-lettered), one of a type no handler takes (no row).
+    let mut first: Vec<String> = (0..20).map(event).collect();
+    first.push(r#"{"type":"Deposited","account":"A1","amount":5}"#.into());
+    first.push(r#"{"id":"X","type":"Renamed","account":"A2"}"#.into());
+    log_append(&input, &args, &first);
+    let summary = run_until_end(&path);
+    assert!(
+        summary.contains("22 read = 22 processed + 0 duplicates + 0 dead-lettered + 0 held"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 projection update failed"), "{summary}");
+    // The second run rebuilds the state by replay (writing nothing again), then goes on.
+    log_append(&input, &args, (20..30).map(event));
+    run_until_end(&path);
+
+    let state = dir.path().join("data/state");
+    let history = compact(&state, "history");
+    let want: serde_json::Map<String, serde_json::Value> = (0..30usize)
+        .map(|i| {
+            let withdrawn = i.is_multiple_of(3);
+            let id = format!("E{i:02}");
+            let row = serde_json::json!({
+                "key": id,
+                "version": 1,
+                "account": format!("A{}", i % 4),
+                "amount": if withdrawn { -(i as i64) } else { i as i64 },
+                "kind": if withdrawn { "withdrawal" } else { "deposit" },
+            });
+            (id, row)
+        })
+        .collect();
+    assert_eq!(history, serde_json::Value::Object(want));
+    // Each row was written once, across the restart too.
+    assert_eq!(read_topic(&state, "history").len(), 30);
+    // The record whose key failed still counted in the other projection.
+    let totals = compact(&state, "totals");
+    assert_eq!(totals["A1"]["n"], 9, "{totals}");
+    let dead = read_topic(&state, "dead_letters");
+    assert_eq!(dead.len(), 1);
+    let detail = dead[0].value["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("projection 'history': key `event.id`"),
+        "{detail}"
+    );
+    // No row key came out: the dead letter carries the lane the delivery went to.
+    assert!(
+        dead[0].key.starts_with("insert-only-lane-"),
+        "{}",
+        dead[0].key
+    );
+
+    // Its rows are not kept: a point query says so, and where to read them instead.
+    let out = bin()
+        .args(["state"])
+        .arg(&path)
+        .args(["--table", "history", "--key", "E01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("projection 'history' is insert_only: its rows are written to its topic and not kept in state"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--topic history --compact --where \"row.key == 'E01'\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn insert_only_projections_cannot_read_or_delete_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        r#"[pipeline]
+name = "p"
+
+[[sources]]
+name = "events"
+type = "log"
+path = "in"
+
+[[projections]]
+name = "history"
+insert_only = true
+key = "event.id"
+fields = { n = "0", last = "''" }
+
+[[projections.on]]
+when = "row.n > 0"
+set = { n = "row.n + 1", last = "row.key" }
+delete = "event.type == 'Closed'"
+
+[[projections]]
+name = "typo"
+insert_only = "yes"
+key = "event.id"
+fields = { n = "0" }
+
+[[projections.on]]
+set = { n = "1" }
+"#,
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "projections[0].on[0].when (line 16): reads row.n, but an insert_only projection keeps no rows",
+        "projections[0].on[0].set.n (line 17): reads row.n, but an insert_only projection keeps no rows",
+        "projections[0].on[0].set.last (line 17): reads row.key, but an insert_only projection keeps no rows",
+        "projections[0].on[0].delete (line 18): an insert_only projection keeps no rows, so it cannot delete one",
+        "projections[1].insert_only (line 22): expected true or false",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

@@ -499,29 +499,38 @@ fn aggregate_state_by_id_on_a_running_engine() {
         models.get("balances", "ACC-1").unwrap().unwrap().value,
         json_file(&example("expected_balances.json"))["ACC-1"]
     );
-    // The transaction history of one account, filtered by type and amount.
-    let withdrawals = models
+    // The transaction history is insert_only: its rows are in its topic, not in the
+    // state, and the handle says so rather than finding nothing.
+    for e in [
+        models.get("transactions", "ACC-1/000000002").unwrap_err(),
+        models.scan("transactions", &Scan::new()).unwrap_err(),
+    ] {
+        assert_eq!(e, ReadError::NotKept("transactions".into()));
+        assert!(e.to_string().contains("not kept in state"), "{e}");
+    }
+    // An account's monthly statements, filtered by what they add up to.
+    let busy = models
         .scan_all(
-            "transactions",
+            "monthly_statements",
             &Scan::new()
-                .prefix("ACC-1/")
-                .filter("row.type == 'withdrawal' && row.amount >= 1000"),
+                .prefix("ACC-1:")
+                .filter("row.deposited >= 1000 && row.transactions > 1"),
         )
         .unwrap();
-    let history = json_file(&example("expected_transactions.json"));
-    let want: Vec<&String> = history
+    let statements = json_file(&example("expected_monthly_statements.json"));
+    let want: Vec<&String> = statements
         .as_object()
         .unwrap()
         .iter()
         .filter(|(k, r)| {
-            k.starts_with("ACC-1/")
-                && r["type"] == "withdrawal"
-                && r["amount"].as_i64() >= Some(1000)
+            k.starts_with("ACC-1:")
+                && r["deposited"].as_i64() >= Some(1000)
+                && r["transactions"].as_i64() > Some(1)
         })
         .map(|(k, _)| k)
         .collect();
     assert!(!want.is_empty());
-    assert_eq!(keys(&withdrawals).iter().collect::<Vec<_>>(), want);
+    assert_eq!(keys(&busy).iter().collect::<Vec<_>>(), want);
 
     // The state is the view: one read model, named after the view topic.
     assert_eq!(reads.tables().unwrap(), ["accounts"]);

@@ -347,9 +347,23 @@ fn bank_state_at_past_points_equals_a_run_stopped_there() {
     for k in ["ACC-1", "ACC-4"] {
         check(&s, k, &["--table", "balances"], Some(&balances[k]));
     }
+    let statements = compact(&s.state().join("projections"), "monthly_statements");
+    let (k, row) = statements.as_object().unwrap().iter().next().unwrap();
+    check(&s, k, &["--table", "monthly_statements"], Some(row));
+    // The transaction history is insert_only: no state to rebuild, and it says where the
+    // row is instead.
     let tx = compact(&s.state().join("projections"), "transactions");
-    let (k, row) = tx.as_object().unwrap().iter().next().unwrap();
-    check(&s, k, &["--table", "transactions"], Some(row));
+    let (k, _) = tx.as_object().unwrap().iter().next().unwrap();
+    let out = state_cmd(&s.pipeline, k, &["--table", "transactions"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("projection 'transactions' is insert_only")
+            && stderr(&out).contains(&format!(
+                "--topic transactions --compact --where \"row.key == '{k}'\""
+            )),
+        "{}",
+        stderr(&out)
+    );
     // The aggregate by its view topic's name, as the read API names it.
     let accounts = compact(&s.state(), "accounts");
     check(

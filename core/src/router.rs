@@ -88,13 +88,28 @@ pub struct Router {
 /// How a projection pipeline routes: every projection's `when` and `key`.
 struct ProjectionRouting {
     list: Vec<(String, Option<Arc<Program>>, Arc<Program>)>,
+    /// Per projection, for an insert-only one, its lane key on each shard: its rows are
+    /// not kept, so its deliveries are spread over the shards by a hash of the record's
+    /// bytes (not its offset: the state must not depend on where a record sits in its
+    /// input) under these keys, and the stage computes the row key
+    /// (`crate::stage::projection::lane_keys`).
+    lanes: Vec<Option<Vec<Vec<u8>>>>,
     /// Decoder slot of each `event.<path>`.
     event_slots: Vec<usize>,
 }
 
 impl ProjectionRouting {
-    fn new(ps: &ProjectionsConfig, fields: &[FieldPath]) -> Self {
+    fn new(ps: &ProjectionsConfig, fields: &[FieldPath], shards: u32) -> Self {
         ProjectionRouting {
+            lanes: ps
+                .list
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    p.insert_only
+                        .then(|| crate::stage::projection::lane_keys(i as u16, shards))
+                })
+                .collect(),
             list: ps
                 .list
                 .iter()
@@ -175,7 +190,7 @@ impl Router {
             projections: p
                 .projections
                 .as_ref()
-                .map(|ps| ProjectionRouting::new(ps, &fields)),
+                .map(|ps| ProjectionRouting::new(ps, &fields, p.shards as u32)),
             seq_slot,
             seq_name: p
                 .key
@@ -438,7 +453,7 @@ impl Router {
         self.targets.clear();
         self.target_keys.clear();
         if let Err(detail) =
-            Self::projection_targets(pr, &env, &mut self.targets, &mut self.target_keys)
+            Self::projection_targets(pr, &env, at.raw, &mut self.targets, &mut self.target_keys)
         {
             return refuse(dead, &self.inputs, at, DeadReason::BadKey, &detail, b"", o);
         }
@@ -470,10 +485,12 @@ impl Router {
     fn projection_targets(
         pr: &ProjectionRouting,
         env: &RecordEnv<'_>,
+        raw: &[u8],
         targets: &mut Vec<(u32, usize, usize)>,
         target_keys: &mut Vec<u8>,
     ) -> Result<(), String> {
         let mut failure = None;
+        let mut spread = None;
         for (i, (name, when, key)) in pr.list.iter().enumerate() {
             if let Some(w) = when {
                 match w.eval_bool(env) {
@@ -484,6 +501,13 @@ impl Router {
                         break;
                     }
                 }
+            }
+            if let Some(lanes) = &pr.lanes[i] {
+                let start = target_keys.len();
+                let h = *spread.get_or_insert_with(|| stable_hash(raw));
+                target_keys.extend_from_slice(&lanes[(h % lanes.len() as u64) as usize]);
+                targets.push((i as u32, start, target_keys.len()));
+                continue;
             }
             // Row keys are namespaced by projection: two projections may use the same key.
             let start = target_keys.len();

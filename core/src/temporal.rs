@@ -248,6 +248,20 @@ pub fn state_at_with_stage<S: Stage>(
             )));
         }
     };
+    if !spec.kept {
+        // An insert-only projection: no state to rebuild. Its rows are in its topic.
+        let topic = p
+            .projections
+            .as_ref()
+            .and_then(|ps| ps.list.iter().find(|x| x.name == spec.name))
+            .map_or(spec.name.as_str(), |x| x.topic.as_str());
+        return Err(TemporalError::BadQuery(format!(
+            "projection '{}' is insert_only: its rows are written to its topic and not kept in state, so there is no state to rebuild; read the row from the topic: onceflow log read {} --topic {topic} --compact --where \"row.key == '{}'\"",
+            spec.name,
+            p.state_dir.display(),
+            key.replace('\'', "\\'")
+        )));
+    }
     let mut stored = spec.prefix.clone();
     stored.extend_from_slice(key.as_bytes());
 

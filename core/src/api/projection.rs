@@ -405,6 +405,7 @@ impl Stage for TypedProjections {
                 name: e.topic.name.clone(),
                 prefix: (i as u16).to_be_bytes().to_vec(),
                 fields: None,
+                kept: true,
             })
             .collect()
     }

@@ -9,6 +9,10 @@
 //!
 //! Variables: `event.<path>` (any scalar field of the record), `row.<field>` (the row
 //! before this event), `row.key`.
+//!
+//! `insert_only = true` declares a projection whose every event writes a new row that
+//! never changes (a history): its rows are written to its topic and not kept in state,
+//! so its handlers cannot read `row` nor `delete`, and reads of its state are refused.
 
 use std::cell::RefCell;
 
@@ -65,6 +69,9 @@ pub struct ProjectionConfig {
     pub fields: Vec<RowField>,
     /// Handlers, in order; every one that matches is applied.
     pub on: Vec<Handler>,
+    /// Rows are written once and not kept (`insert_only = true`): each delivery starts
+    /// from the defaults and its row goes straight to the topic, with version 1.
+    pub insert_only: bool,
 }
 
 /// Every projection of a pipeline, with the record fields they read.
@@ -81,17 +88,27 @@ pub struct ProjectionsConfig {
 struct Vars<'a> {
     row: Option<&'a [(String, Type)]>,
     event: &'a RefCell<Vec<FieldPath>>,
+    /// `row.<name>` the expressions resolved (to refuse them in an insert-only projection).
+    row_reads: &'a RefCell<Vec<String>>,
 }
 
 impl Scope for Vars<'_> {
     fn resolve(&self, path: &[&str]) -> Option<(Slot, Type)> {
         match path {
-            ["row", "key"] if self.row.is_some() => Some((Slot(slots::ROW_KEY), Type::Dyn)),
+            ["row", "key"] if self.row.is_some() => {
+                self.row_reads.borrow_mut().push("row.key".into());
+                Some((Slot(slots::ROW_KEY), Type::Dyn))
+            }
             ["row", name] => {
                 let row = self.row?;
-                row.iter()
+                let found = row
+                    .iter()
                     .position(|(n, _)| n == name)
-                    .map(|i| (Slot(slots::ROW + i as u32), row[i].1))
+                    .map(|i| (Slot(slots::ROW + i as u32), row[i].1));
+                if found.is_some() {
+                    self.row_reads.borrow_mut().push(format!("row.{name}"));
+                }
+                found
             }
             ["event", rest @ ..] if !rest.is_empty() => {
                 let fp = FieldPath(rest.iter().map(|s| s.to_string()).collect());
@@ -114,6 +131,32 @@ impl Scope for Vars<'_> {
         }
         v
     }
+}
+
+/// Reports the `row.*` that the expression at `t.key` just read (and forgets them): an
+/// insert-only projection has no row to read.
+fn refuse_row_reads(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    key: &str,
+    reads: &RefCell<Vec<String>>,
+) {
+    let mut reads = reads.borrow_mut();
+    if reads.is_empty() {
+        return;
+    }
+    reads.sort();
+    reads.dedup();
+    let span = t.raw(key).map(|v| v.span());
+    cx.error(
+        &walk::join(&t.path, key),
+        span,
+        format!(
+            "reads {}, but an insert_only projection keeps no rows: every event writes a new row from the defaults, so compute the field from `event` (or drop `insert_only`)",
+            reads.join(", ")
+        ),
+    );
+    reads.clear();
 }
 
 /// Reads `[[projections]]` (and `projection_type_field` from the root); `None` when there
@@ -171,10 +214,13 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
             }
             type_field = Some(tf);
         }
+        let row_reads = RefCell::new(Vec::new());
         let no_row = Vars {
             row: None,
             event: &event,
+            row_reads: &row_reads,
         };
+        let insert_only = p.bool(cx, "insert_only").unwrap_or(false);
         let when = expr_at(cx, &mut p, "when", &no_row, Some(Type::Bool), None);
         if p.keys().iter().all(|k| k != "key") {
             cx.error(
@@ -209,6 +255,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
         let vars = Vars {
             row: Some(&row),
             event: &event,
+            row_reads: &row_reads,
         };
 
         // on
@@ -248,8 +295,20 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                     Vec::new()
                 }
             };
+            row_reads.borrow_mut().clear();
             let when = expr_at(cx, &mut h, "when", &vars, Some(Type::Bool), None);
+            if insert_only {
+                refuse_row_reads(cx, &mut h, "when", &row_reads);
+            }
             let delete = expr_at(cx, &mut h, "delete", &vars, Some(Type::Bool), None);
+            if insert_only && h.keys().iter().any(|k| k == "delete") {
+                let span = h.raw("delete").map(|v| v.span());
+                cx.error(
+                    &walk::join(&h.path, "delete"),
+                    span,
+                    "an insert_only projection keeps no rows, so it cannot delete one: drop `delete`, or `insert_only`",
+                );
+            }
             let mut st = h.table(cx, "set");
             let mut set = Vec::new();
             for f in st.keys() {
@@ -269,8 +328,12 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                     continue;
                 };
                 let want = Some(fields[i].ty).filter(|t| *t != Type::Dyn);
+                row_reads.borrow_mut().clear();
                 if let Some(x) = expr_at(cx, &mut st, &f, &vars, want, None) {
                     set.push((i, x));
+                }
+                if insert_only {
+                    refuse_row_reads(cx, &mut st, &f, &row_reads);
                 }
             }
             st.finish(cx);
@@ -298,6 +361,7 @@ pub(crate) fn parse(cx: &mut Cx<'_>, root: &mut Table<'_, '_>) -> Option<Project
                 key,
                 fields,
                 on,
+                insert_only,
             });
         }
     }

@@ -318,6 +318,10 @@ fn char_offset(s: &str, i: i64, what: &str) -> Result<usize, String> {
     if n == 0 {
         return Ok(0);
     }
+    // hot path: before a byte that follows only ASCII, characters are bytes.
+    if s.as_bytes().get(..n).is_some_and(<[u8]>::is_ascii) {
+        return Ok(n);
+    }
     match s.char_indices().nth(n) {
         Some((b, _)) => Ok(b),
         None if s.chars().count() == n => Ok(s.len()),

@@ -420,6 +420,10 @@ fn string_functions() {
     is("s.substring(7, 9)", s("wö"));
     is("'日本語'.substring(1, 2)", s("本"));
     is("'abc'.substring(3)", s(""));
+    // Indexes before, at and after the first non-ASCII character.
+    is("'ab日x'.substring(2)", s("日x"));
+    is("'ab日x'.substring(0, 3)", s("ab日"));
+    is("'ab日x'.substring(3, 4)", s("x"));
     is("s.indexOf('ö')", Val::Int(8));
     is("s.indexOf('l', 4)", Val::Int(10));
     is("s.indexOf('zz')", Val::Int(-1));

@@ -118,31 +118,42 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<i64, String> {
 
 /// Appends RFC 3339 in UTC with the fraction trimmed: `2024-01-31T12:00:00.5Z`.
 pub(crate) fn format_timestamp(ns: i64, out: &mut String) {
+    let (buf, len) = timestamp_text(ns);
+    out.push_str(std::str::from_utf8(&buf[..len]).expect("ASCII"));
+}
+
+/// RFC 3339 in UTC with the fraction trimmed, as ASCII bytes: `(buffer, length)`. Built on
+/// the stack, so writing a timestamp allocates nothing.
+pub(crate) fn timestamp_text(ns: i64) -> ([u8; 32], usize) {
     let secs = ns.div_euclid(NS);
     let frac = ns.rem_euclid(NS);
     let (y, m, d) = civil_from_days(secs.div_euclid(DAY_S));
     let sod = secs.rem_euclid(DAY_S);
+    let mut b = [0u8; 32];
     // Years are 1677 to 2262: always four digits.
-    push2(y / 100, out);
-    push2(y % 100, out);
+    put2(&mut b[0..2], y / 100);
+    put2(&mut b[2..4], y % 100);
+    let mut at = 4;
     for (sep, n) in [
-        ('-', m),
-        ('-', d),
-        ('T', sod / 3600),
-        (':', sod / 60 % 60),
-        (':', sod % 60),
+        (b'-', m),
+        (b'-', d),
+        (b'T', sod / 3600),
+        (b':', sod / 60 % 60),
+        (b':', sod % 60),
     ] {
-        out.push(sep);
-        push2(n, out);
+        b[at] = sep;
+        put2(&mut b[at + 1..at + 3], n);
+        at += 3;
     }
-    push_fraction(frac as u64, out);
-    out.push('Z');
+    at += put_fraction(frac as u64, &mut b[at..]);
+    b[at] = b'Z';
+    (b, at + 1)
 }
 
-/// `.5`, `.000001`: nothing for 0.
-fn push_fraction(frac_ns: u64, out: &mut String) {
+/// `.5`, `.000001`: nothing for 0. Returns the bytes written (at most 10).
+fn put_fraction(frac_ns: u64, out: &mut [u8]) -> usize {
     if frac_ns == 0 {
-        return;
+        return 0;
     }
     let mut digits = [b'0'; 9];
     let mut v = frac_ns;
@@ -151,14 +162,15 @@ fn push_fraction(frac_ns: u64, out: &mut String) {
         v /= 10;
     }
     let len = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
-    out.push('.');
-    out.extend(digits[..len].iter().map(|&d| char::from(d)));
+    out[0] = b'.';
+    out[1..=len].copy_from_slice(&digits[..len]);
+    len + 1
 }
 
 /// Two decimal digits.
-fn push2(n: i64, out: &mut String) {
-    out.push(char::from(b'0' + (n / 10 % 10) as u8));
-    out.push(char::from(b'0' + (n % 10) as u8));
+fn put2(out: &mut [u8], n: i64) {
+    out[0] = b'0' + (n / 10 % 10) as u8;
+    out[1] = b'0' + (n % 10) as u8;
 }
 
 /// Parses CEL (Go) duration text: `1h30m`, `-1.5s`, `100ms`, `2us`, `3ns`, `0`.
@@ -240,7 +252,9 @@ pub(crate) fn format_duration(ns: i64, out: &mut String) {
     }
     let abs = ns.unsigned_abs();
     let _ = write!(out, "{}", abs / NS as u64);
-    push_fraction(abs % NS as u64, out);
+    let mut frac = [0u8; 10];
+    let len = put_fraction(abs % NS as u64, &mut frac);
+    out.push_str(std::str::from_utf8(&frac[..len]).expect("ASCII"));
     out.push('s');
 }
 
@@ -308,6 +322,12 @@ mod tests {
         s.clear();
         format_timestamp(-1, &mut s);
         assert_eq!(s, "1969-12-31T23:59:59.999999999Z");
+        s.clear();
+        format_timestamp(0, &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00Z");
+        let mut json = Vec::new();
+        crate::expr::Val::Timestamp(1_500_000).write_json(&mut json);
+        assert_eq!(json, b"\"1970-01-01T00:00:00.0015Z\"");
         assert!(parse_timestamp("2023-02-29T00:00:00Z").is_err());
         assert!(parse_timestamp("9999-01-01T00:00:00Z").is_err());
         assert_eq!(parse_duration("1h30m").unwrap(), 5400 * NS);

@@ -232,7 +232,13 @@ impl<'a> Val<'a> {
             }
             Val::Double(_) => out.extend_from_slice(b"null"),
             Val::Str(s) => write_json_str(out, s.as_bytes()),
-            Val::Timestamp(_) | Val::Duration(_) => {
+            Val::Timestamp(t) => {
+                let (text, len) = super::time::timestamp_text(*t);
+                out.push(b'"');
+                out.extend_from_slice(&text[..len]);
+                out.push(b'"');
+            }
+            Val::Duration(_) => {
                 let mut s = String::new();
                 self.write_text(&mut s);
                 write_json_str(out, s.as_bytes());

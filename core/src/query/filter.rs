@@ -131,6 +131,7 @@ impl JsonFilter {
             name: String::new(),
             prefix: Vec::new(),
             fields: None,
+            kept: true,
         };
         Filter::compile(src, &table).map(JsonFilter)
     }
@@ -206,6 +207,7 @@ mod tests {
                 ("amount".into(), Type::Int),
                 ("at".into(), Type::Timestamp),
             ]),
+            kept: true,
         }
     }
 

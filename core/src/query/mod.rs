@@ -107,6 +107,12 @@ pub enum ReadError {
         /// The names there are.
         known: String,
     },
+    /// A read model whose rows are not kept in state (an `insert_only` projection): its
+    /// rows are in its topic only.
+    #[error(
+        "read model '{0}' is insert_only: its rows are written to its topic and not kept in state, so they cannot be read here; read the topic (`onceflow log read STATE_DIR --topic TOPIC --compact --where ...`)"
+    )]
+    NotKept(String),
     /// [`ReadHandle::state`] on a pipeline with several read models.
     #[error("this pipeline has {0} read models ({1}): name one with get()")]
     NotOneTable(usize, String),
@@ -281,13 +287,18 @@ struct Attached {
 
 impl Attached {
     fn table(&self, name: &str) -> Result<&TableSpec, ReadError> {
-        self.tables
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| ReadError::NoSuchTable {
-                name: name.to_string(),
-                known: self.names(),
-            })
+        let t =
+            self.tables
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| ReadError::NoSuchTable {
+                    name: name.to_string(),
+                    known: self.names(),
+                })?;
+        if !t.kept {
+            return Err(ReadError::NotKept(name.to_string()));
+        }
+        Ok(t)
     }
 
     fn names(&self) -> String {

@@ -154,7 +154,7 @@ impl Router {
                 event_slots: &pr.event_slots,
             };
             if let Err(reason) =
-                Self::projection_targets(pr, &env, &mut self.targets, &mut self.target_keys)
+                Self::projection_targets(pr, &env, at.raw, &mut self.targets, &mut self.target_keys)
             {
                 let detail = format!("part {} of {n} after upcasting: {reason}", i + 1);
                 return refuse(dead, &self.inputs, at, DeadReason::Upcast, &detail, b"", o);

@@ -613,6 +613,7 @@ impl Stage for Aggregate {
                     .map(|f| (f.name.clone(), f.ty))
                     .collect(),
             ),
+            kept: true,
         }]
     }
 

@@ -143,6 +143,19 @@ impl<'a> Emit<'a> {
         self.outs[out].push_with(partition, self.key, write);
     }
 
+    /// Appends a record to output `out` under a key of the stage's own (not the record's),
+    /// in the partition `key` hashes to; `write` writes the value. Does nothing while
+    /// replaying. For rows written once and never kept (an insert-only projection).
+    #[inline]
+    pub fn record_keyed(&mut self, out: usize, key: &[u8], write: impl FnOnce(&mut Vec<u8>)) {
+        if !self.enabled {
+            return;
+        }
+        let hash = crate::hash::stable_hash(key);
+        let partition = bucket(hash, PARTITION_SALT, self.partitions[out]);
+        self.outs[out].push_with(partition, key, write);
+    }
+
     /// Whether records are being written (false while replaying after a restart).
     pub fn enabled(&self) -> bool {
         self.enabled
@@ -241,6 +254,7 @@ pub trait Stage: Send + Sync + 'static {
             name: view_topic.to_string(),
             prefix: Vec::new(),
             fields: None,
+            kept: true,
         }]
     }
     /// The key's row as typed values, in the order of its table's [`TableSpec::fields`]
@@ -268,6 +282,9 @@ pub struct TableSpec {
     /// ([`Stage::row_values`]): filters are then type-checked against them. `None`:
     /// filters read the row as it is rendered (JSON), checked as they run.
     pub fields: Option<Vec<(String, Type)>>,
+    /// Whether the rows are kept in state. False for an insert-only projection, whose
+    /// rows go straight to its topic: reads of its state are refused (read the topic).
+    pub kept: bool,
 }
 
 /// Routing for a stage that keys records itself ([`Stage::row_router`]): called by the

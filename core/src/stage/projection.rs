@@ -135,6 +135,133 @@ impl Projections {
     }
 }
 
+impl Projections {
+    /// An insert-only projection's delivery: the row starts from the defaults, the
+    /// matching handlers set its fields, and it goes straight to the projection's topic
+    /// under the key the projection's `key` gives (evaluated here, not in the router).
+    /// Nothing is kept: the delivery's own key is one of the projection's lanes
+    /// ([`lane_keys`]), whose row never changes (its entry only counts deliveries).
+    fn insert(
+        &self,
+        pi: usize,
+        ev: EventView<'_>,
+        emit: &mut Emit<'_>,
+    ) -> Result<Applied, Refused> {
+        // hot path
+        let p = &self.cfg.list[pi];
+        let c = &self.compiled[pi].0;
+        let ty = ev.str(ev.values[self.type_slot]);
+        let env = RowEnv {
+            fields: &c.defaults,
+            key: "",
+            ev,
+            event_slots: &self.event_slots,
+        };
+        let refused = |what: &str, src: &str, e: &dyn std::fmt::Display| Refused {
+            reason: DeadReason::Logic,
+            detail: format!("projection '{}': {what} `{src}`: {e}", p.name),
+        };
+        // `None`: the field keeps its default.
+        let mut set: SmallVec<[Option<Val<'_>>; 8]> = SmallVec::from_elem(None, p.fields.len());
+        let mut matched = false;
+        for h in &p.on {
+            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x == t)) {
+                continue;
+            }
+            if let Some(w) = &h.when
+                && !w
+                    .program
+                    .eval_bool(&env)
+                    .map_err(|e| refused("when", &w.src, &e))?
+            {
+                continue;
+            }
+            matched = true;
+            for (i, x) in &h.set {
+                let f = &p.fields[*i];
+                let v = x
+                    .program
+                    .eval(&env)
+                    .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?;
+                if !type_fits(f.ty, &v) {
+                    return Err(refused(
+                        &format!("set {} ({})", f.name, f.ty),
+                        &x.src,
+                        &format!("gave {} {v}", v.type_of()),
+                    ));
+                }
+                set[*i] = Some(v);
+            }
+        }
+        if !matched {
+            return Ok(Applied::Unchanged);
+        }
+        let mut int_key = itoa::Buffer::new();
+        let key = p.key.program.eval(&env).map_err(|e| Refused {
+            reason: DeadReason::BadKey,
+            detail: format!("projection '{}': key `{}`: {e}", p.name, p.key.src),
+        })?;
+        let key: &[u8] = match &key {
+            Val::Str(s) if !s.is_empty() => s.as_bytes(),
+            Val::Int(n) => int_key.format(*n).as_bytes(),
+            other => {
+                return Err(Refused {
+                    reason: DeadReason::BadKey,
+                    detail: format!(
+                        "projection '{}': key `{}` must give a non-empty string or an int, got {}",
+                        p.name,
+                        p.key.src,
+                        if matches!(other, Val::Str(_)) {
+                            "an empty string".to_string()
+                        } else {
+                            other.type_of().to_string()
+                        }
+                    ),
+                });
+            }
+        };
+        emit.record_keyed(pi, key, |out| {
+            // As the engine renders a kept row (`{"key":K,"version":V,<fields>}`); a row
+            // written once is at version 1.
+            out.extend_from_slice(b"{\"key\":");
+            write_json_str(out, key);
+            out.extend_from_slice(b",\"version\":1");
+            for ((prefix, v), d) in c.prefixes.iter().zip(&set).zip(c.defaults.iter()) {
+                out.push(b',');
+                out.extend_from_slice(prefix);
+                v.as_ref().unwrap_or(d).write_json(out);
+            }
+            out.push(b'}');
+        });
+        Ok(Applied::Unchanged)
+    }
+}
+
+/// The delivery keys of insert-only projection `projection` when the pipeline has
+/// `shards` shards: entry `s` is a key that shard `s` owns. The router sends each
+/// delivery of the projection under one of them (spreading the work over the shards),
+/// so a shard keeps one entry per lane instead of one per row. After the projection's
+/// prefix they read `insert-only-lane-N`: the key a dead letter of such a delivery
+/// carries (the projection keeps no rows, so no row key of it can collide).
+pub(crate) fn lane_keys(projection: u16, shards: u32) -> Vec<Vec<u8>> {
+    use crate::hash::{SHARD_SALT, bucket, stable_hash};
+    let mut lanes: Vec<Option<Vec<u8>>> = vec![None; shards as usize];
+    let mut missing = shards as usize;
+    let mut n = 0u32;
+    while missing > 0 {
+        let mut key = projection.to_be_bytes().to_vec();
+        key.extend_from_slice(b"insert-only-lane-");
+        key.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        let s = bucket(stable_hash(&key), SHARD_SALT, shards) as usize;
+        if lanes[s].is_none() {
+            lanes[s] = Some(key);
+            missing -= 1;
+        }
+        n += 1;
+    }
+    lanes.into_iter().flatten().collect()
+}
+
 fn type_fits(ty: Type, v: &Val<'_>) -> bool {
     ty == Type::Dyn || matches!(v, Val::Null) || v.type_of() == ty
 }
@@ -194,6 +321,9 @@ impl Stage for Projections {
         // hot path
         let p = &self.cfg.list[row.projection as usize];
         debug_assert_eq!(emit.target, row.projection as u32);
+        if p.insert_only {
+            return self.insert(row.projection as usize, ev, emit);
+        }
         let key = std::str::from_utf8(&emit.key[PREFIX..]).unwrap_or("");
         let ty = ev.str(ev.values[self.type_slot]);
         let refused = |what: &str, src: &str, e: &dyn std::fmt::Display| Refused {
@@ -235,8 +365,7 @@ impl Stage for Projections {
                     let v = x
                         .program
                         .eval(&env)
-                        .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?
-                        .into_owned();
+                        .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?;
                     if !type_fits(f.ty, &v) {
                         return Err(refused(
                             &format!("set {} ({})", f.name, f.ty),
@@ -244,7 +373,11 @@ impl Stage for Projections {
                             &format!("gave {} {v}", v.type_of()),
                         ));
                     }
-                    these.push((*i, v));
+                    // A field set to what it holds (an account's name, a row's day) keeps
+                    // its value: no copy of it.
+                    if v != env.fields[*i] {
+                        these.push((*i, v.into_owned()));
+                    }
                 }
                 if let Some(d) = &h.delete {
                     delete |= d
@@ -323,11 +456,31 @@ impl Stage for Projections {
                 name: p.name.clone(),
                 prefix: (i as u16).to_be_bytes().to_vec(),
                 fields: Some(p.fields.iter().map(|f| (f.name.clone(), f.ty)).collect()),
+                kept: !p.insert_only,
             })
             .collect()
     }
 
     fn row_values<'s>(&self, row: &'s Row) -> Option<&'s [Val<'static>]> {
         Some(&row.fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{SHARD_SALT, bucket, stable_hash};
+
+    #[test]
+    fn each_lane_key_belongs_to_its_shard() {
+        for shards in [1, 2, 3, 8] {
+            let lanes = lane_keys(7, shards);
+            assert_eq!(lanes.len(), shards as usize);
+            for (s, k) in lanes.iter().enumerate() {
+                assert_eq!(bucket(stable_hash(k), SHARD_SALT, shards) as usize, s);
+                assert_eq!(k[..PREFIX], 7u16.to_be_bytes());
+                assert!(k[PREFIX..].starts_with(b"insert-only-lane-"));
+            }
+        }
     }
 }
