@@ -319,7 +319,10 @@ impl<S: Stage> ShardCore<S> {
                 arena: &batch.arena,
             };
             let raw = batch.bytes(ev.raw);
-            if self.cfg.homed && !self.at_home(idx, ev.input) {
+            if self.cfg.homed
+                && (ev.target == RECORD || self.stage.keeps_rows(ev.target))
+                && !self.at_home(idx, ev.input)
+            {
                 if ev.target == RECORD {
                     let oc = sink(&mut o, &mut later, ev.part, ev.target);
                     self.refuse_foreign(idx, ev.input, ev.offset, ev.seq, raw, emit, ev.part, oc);

@@ -836,6 +836,8 @@ fn restore_shared<S: Stage>(
                             format!("{}: an entry without its partition", sh.path().display()),
                         );
                     };
+                    // Keys of other partitions, and keys of none (an insert-only
+                    // projection's lanes, which keep nothing), stay behind.
                     if !partitions.contains(&home) {
                         continue;
                     }
@@ -1103,5 +1105,66 @@ mod tests {
                 None,
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod insert_only_in_group_mode {
+    use std::sync::Arc;
+
+    use crate::batch::{EventBatch, OutBuf};
+    use crate::config::Pipeline;
+    use crate::router::Router;
+    use crate::shard::{InputNames, ShardCore, ShardSettings};
+    use crate::stage::Projections;
+    use crate::stats::{DeadReason, Outcomes};
+
+    #[test]
+    fn lanes_belong_to_no_partition_and_kept_rows_to_one() {
+        let src = "[pipeline]\nname='t'\nshards=1\n[kafka]\nbrokers=['127.0.0.1:9']\nassignment='group'\n\
+             [[sources]]\nname='s'\ntype='kafka'\ntopic='in'\n\
+             [[projections]]\nname='history'\ninsert_only=true\nkey='event.id'\nfields={n='0'}\n\
+             [[projections.on]]\nset={n='event.n'}\n\
+             [[projections]]\nname='totals'\nkey='event.account'\nfields={n='0'}\n\
+             [[projections.on]]\nset={n='row.n + event.n'}\n";
+        let p = Pipeline::parse(src, std::path::Path::new(".")).unwrap();
+        let names: InputNames = Arc::new(vec![("s".into(), 0), ("s".into(), 1)]);
+        let stage = Arc::new(
+            Projections::new(p.projections.as_ref().unwrap(), &p.referenced_fields()).unwrap(),
+        );
+        let mut router = Router::new(&p, names.clone());
+        let mut core = ShardCore::new(stage, ShardSettings::new(&p), names);
+        let mut batches = vec![EventBatch::default()];
+        let mut dead = OutBuf::default();
+        let mut o = Outcomes::default();
+        // Account a on partition 0, account b on partition 1, then a on partition 1.
+        for (input, offset, id, account) in
+            [(0, 0, "e1", "a"), (1, 0, "e2", "b"), (1, 1, "e3", "a")]
+        {
+            let rec = format!(r#"{{"type":"T","id":"{id}","account":"{account}","n":1}}"#);
+            router.route(
+                input,
+                offset,
+                0,
+                rec.as_bytes(),
+                &mut batches,
+                &mut dead,
+                true,
+                &mut o,
+            );
+        }
+        let o = core.process(&batches[0]);
+        // The history's deliveries share one lane on this shard and are never refused;
+        // the totals row of `a`, kept by partition 0, refuses e3.
+        assert_eq!(o.delivery_errors, 1, "{o:?}");
+        let part = core.barrier(1, None);
+        let dead: Vec<serde_json::Value> = part
+            .dead
+            .iter()
+            .map(|(_, _, v)| serde_json::from_slice(v).unwrap())
+            .collect();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["reason"], DeadReason::PartitionMismatch.name());
+        assert_eq!(dead[0]["key"], "a");
     }
 }

@@ -122,14 +122,10 @@ fn decode_entry<S: Stage>(
     let next_sub = t
         .u8("the key's next part")
         .map_err(|err| format!("key '{}': {err}", key()))?;
+    // NO_HOME: a key of no partition (an insert-only projection's lane).
     let home = if homed {
-        let h = t
-            .u32("the key's partition")
-            .map_err(|err| format!("key '{}': {err}", key()))?;
-        if h == NO_HOME {
-            return Err(format!("key '{}': no partition", key()));
-        }
-        h
+        t.u32("the key's partition")
+            .map_err(|err| format!("key '{}': {err}", key()))?
     } else {
         NO_HOME
     };

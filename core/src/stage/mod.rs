@@ -247,6 +247,12 @@ pub trait Stage: Send + Sync + 'static {
     fn key_prefix_len(&self) -> usize {
         0
     }
+    /// Whether deliveries to `target` (a projection's index) are rows kept in state,
+    /// each under its own key. False for an insert-only projection, whose deliveries
+    /// share a few lane keys and keep nothing: they belong to no input partition.
+    fn keeps_rows(&self, _target: u32) -> bool {
+        true
+    }
     /// The read models a [`crate::query::ReadHandle`] can name. The default: one table,
     /// the pipeline's view (named `view_topic`), whose rows filters read as JSON.
     fn tables(&self, view_topic: &str) -> Vec<TableSpec> {

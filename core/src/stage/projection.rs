@@ -447,6 +447,13 @@ impl Stage for Projections {
         PREFIX
     }
 
+    fn keeps_rows(&self, target: u32) -> bool {
+        self.cfg
+            .list
+            .get(target as usize)
+            .is_none_or(|p| !p.insert_only)
+    }
+
     fn tables(&self, _view_topic: &str) -> Vec<TableSpec> {
         self.cfg
             .list
