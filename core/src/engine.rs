@@ -1256,7 +1256,12 @@ impl Drop for SetOnDrop {
     }
 }
 
-/// The committer: one atomic transaction per complete epoch.
+/// The committer: one atomic transaction per commit. Epochs are committed in order;
+/// the epochs that are complete when a commit starts go into it together (a group
+/// commit), so that epochs which completed while a slow commit ran do not each wait for
+/// a transaction of their own. Such a commit carries the outputs of all of them, in
+/// epoch order, and the marker of the last one (its number and input positions), which
+/// is exactly what committing them one after the other would leave committed.
 #[allow(clippy::too_many_arguments)]
 fn committer_loop(
     mut target: Box<dyn CommitTarget>,
@@ -1284,30 +1289,43 @@ fn committer_loop(
     };
     let mut committed_epoch = target.last_commit().map_or(0, |m| m.epoch);
     let mut snapshot: Option<Box<Pending>> = None;
-    while let Ok(msg) = rx.recv() {
+    let mut ready: Vec<Epoch> = Vec::new();
+    fn apply(msg: CommitMsg, asm: &mut Assembler, snapshot: &mut Option<Box<Pending>>) {
         match msg {
             CommitMsg::Router(part) => asm.router(part),
             CommitMsg::Shard(i, part) => asm.shard(i, part),
-            CommitMsg::SnapshotStarted(p) => snapshot = Some(p),
+            CommitMsg::SnapshotStarted(p) => *snapshot = Some(p),
             CommitMsg::SnapshotShard(result) => {
                 if let Some(p) = snapshot.as_mut() {
                     p.shard_done(result);
                 }
             }
         }
+    }
+    while let Ok(msg) = rx.recv() {
+        apply(msg, &mut asm, &mut snapshot);
+        // Whatever arrived meanwhile (during the last commit) joins this commit.
+        while let Ok(msg) = rx.try_recv() {
+            apply(msg, &mut asm, &mut snapshot);
+        }
         while let Some(ep) = asm.pop_ready() {
-            commit_epoch(
+            ready.push(ep);
+        }
+        if let Some(newest) = ready.last().map(|ep| ep.router.epoch) {
+            commit_epochs(
                 target.as_mut(),
                 &topics,
-                &ep,
+                &ready,
                 names,
                 &mut last,
                 stats,
                 on_commit.as_mut(),
             )?;
-            committed_epoch = committed_epoch.max(ep.router.epoch);
-            for (i, part) in ep.shards.into_iter().enumerate() {
-                let _ = spare_txs[i].try_send(part.outputs);
+            committed_epoch = committed_epoch.max(newest);
+            for ep in ready.drain(..) {
+                for (i, part) in ep.shards.into_iter().enumerate() {
+                    let _ = spare_txs[i].try_send(part.outputs);
+                }
             }
         }
         // A snapshot counts once its epoch is committed: then its manifest is written.
@@ -1321,56 +1339,78 @@ fn committer_loop(
     Ok(())
 }
 
+/// Commits `eps` (complete, consecutive, in order) in one transaction: their outputs and
+/// dead letters in epoch order, with the last one's marker.
 #[allow(clippy::too_many_arguments)]
-fn commit_epoch(
+fn commit_epochs(
     target: &mut dyn CommitTarget,
     topics: &Topics,
-    ep: &Epoch,
+    eps: &[Epoch],
     names: &InputNames,
     last: &mut [u64],
     stats: &Stats,
     on_commit: Option<&mut CommitHook>,
 ) -> Result<(), EngineError> {
-    let positions = &ep.router.positions;
-    for (i, (&new, &old)) in positions.iter().zip(last.iter()).enumerate() {
-        assert!(
-            new >= old,
-            "input {i}: committed offset would move back from {old} to {new}"
-        );
-    }
-    let deads = || std::iter::once(&ep.router.dead).chain(ep.shards.iter().map(|s| &s.dead));
-    let mut outputs = 0u64;
-    for part in &ep.shards {
-        if topics.view.is_some() {
-            outputs += part.outputs.len() as u64;
+    let Some(newest) = eps.last() else {
+        return Ok(());
+    };
+    let mut prev: &[u64] = last;
+    for ep in eps {
+        for (i, (&new, &old)) in ep.router.positions.iter().zip(prev).enumerate() {
+            assert!(
+                new >= old,
+                "input {i}: committed offset would move back from {old} to {new}"
+            );
         }
-        outputs += part.emitted.iter().map(|b| b.len() as u64).sum::<u64>();
+        prev = &ep.router.positions;
     }
-    let dead: u64 = deads().map(|b| b.len() as u64).sum();
+    let positions = &newest.router.positions;
+    fn deads(ep: &Epoch) -> impl Iterator<Item = &OutBuf> {
+        std::iter::once(&ep.router.dead).chain(ep.shards.iter().map(|s| &s.dead))
+    }
+    // Per epoch: (outputs, dead letters), for the counters and the hook.
+    let counts: Vec<(u64, u64)> = eps
+        .iter()
+        .map(|ep| {
+            let mut outputs = 0u64;
+            for part in &ep.shards {
+                if topics.view.is_some() {
+                    outputs += part.outputs.len() as u64;
+                }
+                outputs += part.emitted.iter().map(|b| b.len() as u64).sum::<u64>();
+            }
+            let dead: u64 = deads(ep).map(|b| b.len() as u64).sum();
+            (outputs, dead)
+        })
+        .collect();
+    let outputs: u64 = counts.iter().map(|c| c.0).sum();
+    let dead: u64 = counts.iter().map(|c| c.1).sum();
     if outputs == 0 && dead == 0 && positions.as_slice() == &*last {
         return Ok(());
     }
     let mut fill = |tx: &mut dyn Append| {
-        for part in &ep.shards {
-            if let Some(view) = topics.view {
-                for (partition, key, value) in part.outputs.iter() {
-                    tx.append(view, partition, key, value);
+        for ep in eps {
+            for part in &ep.shards {
+                if let Some(view) = topics.view {
+                    for (partition, key, value) in part.outputs.iter() {
+                        tx.append(view, partition, key, value);
+                    }
+                }
+                for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
+                    for (partition, key, value) in buf.iter() {
+                        tx.append(topic, partition, key, value);
+                    }
                 }
             }
-            for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
+            for buf in deads(ep) {
                 for (partition, key, value) in buf.iter() {
-                    tx.append(topic, partition, key, value);
+                    tx.append(topics.dead, partition, key, value);
                 }
-            }
-        }
-        for buf in deads() {
-            for (partition, key, value) in buf.iter() {
-                tx.append(topics.dead, partition, key, value);
             }
         }
     };
     let marker = CommitMarker {
-        epoch: ep.router.epoch,
+        epoch: newest.router.epoch,
         inputs: names
             .iter()
             .zip(positions)
@@ -1381,26 +1421,32 @@ fn commit_epoch(
     crate::fault::point(crate::fault::COMMIT_AFTER);
     let commit_us = now_us();
     last.copy_from_slice(positions);
-    stats.record_latency(&ep.router.stamps, commit_us);
-    if let Some(at) = ep.router.barrier_at {
-        stats.record_commit_time(at.elapsed());
+    for ep in eps {
+        stats.record_latency(&ep.router.stamps, commit_us);
+        if let Some(at) = ep.router.barrier_at {
+            stats.record_commit_time(at.elapsed());
+        }
     }
     stats
         .committed_input
         .store(positions.iter().sum(), Ordering::Relaxed);
-    stats.commits.fetch_add(1, Ordering::Relaxed);
+    // Counted in epochs (the run's summary says "committed N epochs").
+    stats.commits.fetch_add(eps.len() as u64, Ordering::Relaxed);
     stats.outputs.fetch_add(outputs, Ordering::Relaxed);
     stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
-    stats.epoch.store(ep.router.epoch, Ordering::Relaxed);
-    metrics::counter!("onceflow_commits_total").increment(1);
+    stats.epoch.store(newest.router.epoch, Ordering::Relaxed);
+    metrics::counter!("onceflow_commits_total").increment(eps.len() as u64);
     if let Some(hook) = on_commit {
-        hook(&CommitReport {
-            epoch: ep.router.epoch,
-            outputs,
-            dead_letters: dead,
-            positions: positions.clone(),
-            commit_us,
-        });
+        // Once per epoch, in order, as if each had been committed on its own.
+        for (ep, &(outputs, dead_letters)) in eps.iter().zip(&counts) {
+            hook(&CommitReport {
+                epoch: ep.router.epoch,
+                outputs,
+                dead_letters,
+                positions: ep.router.positions.clone(),
+                commit_us,
+            });
+        }
     }
     Ok(())
 }

@@ -6,9 +6,11 @@
 //!   `init_transactions`, which fences an earlier producer with the same id (a zombie of
 //!   this instance) and completes or aborts whatever transaction it left open. Only then
 //!   are the committed offsets read, so they are final.
-//! - **Per epoch**: `begin_transaction`, every record produced to its explicit partition
-//!   (the engine partitions by key), `send_offsets_to_transaction` with the input offsets
-//!   and the consumer group's metadata, `commit_transaction`. The offsets carry
+//! - **Per commit** (one epoch, or the group of epochs the engine commits together):
+//!   `begin_transaction`, every record produced to its explicit partition (the engine
+//!   partitions by key), `send_offsets_to_transaction` with the input offsets and the
+//!   consumer group's metadata (while the records are in flight), a wait for every
+//!   delivery, `commit_transaction`. The offsets carry
 //!   `onceflow:epoch=<n>` as their metadata: the epoch numbering survives restarts (the
 //!   snapshots are named by epoch), and a group whose offsets lack it was not written by
 //!   onceflow and is refused rather than trusted.
@@ -495,9 +497,13 @@ impl CommitTarget for KafkaTarget {
             return Err(self.fail(op, &e, decision));
         }
         if self.transactional {
-            // The records go out before the offsets join the transaction (the commit
-            // would flush them anyway; a delivery error is learnt here, abortable).
-            self.call(TxnOp::Poll, deliver_all)?;
+            // The offsets join the transaction while its records are on their way:
+            // the records' round trips (registering their partitions with the
+            // transaction, then the produce) and the offsets' (AddOffsetsToTxn, then
+            // TxnOffsetCommit) overlap instead of adding up. Then every record is
+            // waited for (the commit would flush them anyway, in 100 ms polls: see
+            // `deliver_all`); a delivery error fails the commit, abortable, before
+            // anything of the transaction is committed.
             let cgm = match &self.member {
                 Some(m) => m.group_metadata(),
                 None => self.group.group_metadata(),
@@ -511,6 +517,7 @@ impl CommitTarget for KafkaTarget {
             self.call(TxnOp::SendOffsets, |p, t| {
                 p.send_offsets_to_transaction(&offsets, &cgm, t)
             })?;
+            self.call(TxnOp::Poll, deliver_all)?;
             onceflow_core::fault::point(onceflow_core::fault::COMMIT_BEFORE);
             self.call(TxnOp::Commit, |p, t| p.commit_transaction(t))?;
             // Serve the delivery reports the commit's flush queued.
@@ -676,16 +683,31 @@ pub fn dead_letter_headers(value: &[u8]) -> OwnedHeaders {
 /// reports. Not `Producer::flush`: rdkafka's flush polls in 100 ms slices, so a flush
 /// that finds one record in flight takes at least 100 ms, as long as a commit interval
 /// (measured: p50 latency 310 ms → 110 ms at 1,000 events/s, `docs/benchmarks.md`).
+/// Nor `poll(1 ms)` in a loop: rdkafka's `poll` runs to its deadline and hands librdkafka
+/// whole milliseconds, so under 1 ms left it polls without waiting: a 1 ms poll is a
+/// 1 ms busy loop, and the committer spun for as long as the broker took to answer
+/// (20% of a core at 1,000 events/s), CPU the broker itself lacked on a small machine.
+/// Here: the reports there are are served; when none came, a short sleep.
 fn deliver_all(p: &BaseProducer<SinkContext>, timeout: Duration) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
-    while p.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+    let mut left = p.in_flight_count();
+    while left > 0 {
+        // One event (a batch's delivery reports) per call.
+        p.poll(Duration::ZERO);
+        let now_left = p.in_flight_count();
+        if now_left == left {
+            if Instant::now() >= deadline {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+            }
+            std::thread::sleep(DELIVERY_WAIT_STEP);
         }
-        p.poll(Duration::from_millis(1));
+        left = now_left;
     }
     Ok(())
 }
+
+/// How long [`deliver_all`] sleeps when no delivery report came.
+const DELIVERY_WAIT_STEP: Duration = Duration::from_micros(200);
 
 /// `onceflow:epoch=<n>` → `n`.
 pub fn parse_epoch(metadata: &str) -> Option<u64> {
