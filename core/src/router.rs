@@ -513,22 +513,17 @@ impl Router {
             let start = target_keys.len();
             target_keys.extend_from_slice(&(i as u16).to_be_bytes());
             match key.eval(env) {
-                Ok(Val::Str(s)) if !s.is_empty() => target_keys.extend_from_slice(s.as_bytes()),
-                Ok(Val::Int(n)) => {
-                    target_keys.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
-                }
-                Ok(other) => {
-                    failure = Some(format!(
-                        "projection '{name}': key `{}` must give a non-empty string or an int, got {}",
-                        key.source(),
-                        if matches!(other, Val::Str(_)) {
-                            "an empty string".to_string()
-                        } else {
-                            other.type_of().to_string()
-                        }
-                    ));
-                    break;
-                }
+                Ok(v) => match crate::stage::projection::row_key(&v, &mut itoa::Buffer::new()) {
+                    Ok(bytes) => target_keys.extend_from_slice(bytes),
+                    Err(got) => {
+                        failure = Some(crate::stage::projection::bad_row_key(
+                            name,
+                            key.source(),
+                            &got,
+                        ));
+                        break;
+                    }
+                },
                 Err(e) => {
                     failure = Some(format!("projection '{name}': key `{}`: {e}", key.source()));
                     break;

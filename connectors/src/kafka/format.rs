@@ -144,16 +144,15 @@ pub fn structured_to_binary(
     use serde_json::value::RawValue;
     headers.clear();
     value.clear();
-    let fields: Vec<(String, &RawValue)> =
-        serde_json::from_slice::<std::collections::BTreeMap<String, &RawValue>>(envelope)
-            .map_err(|e| format!("not a CloudEvents envelope: {e}"))?
-            .into_iter()
-            .collect();
+    // Attribute names are lowercase letters and digits (CloudEvents 1.0), so they borrow:
+    // a name with an escape is no attribute, and the envelope goes out as it is.
+    let fields = serde_json::from_slice::<std::collections::BTreeMap<&str, &RawValue>>(envelope)
+        .map_err(|e| format!("not a CloudEvents envelope: {e}"))?;
     let mut content_type = None;
     let mut has_data = false;
-    for (name, raw) in &fields {
+    for (&name, raw) in &fields {
         let text = raw.get();
-        match name.as_str() {
+        match name {
             "data" => {
                 value.extend_from_slice(text.as_bytes());
                 has_data = true;

@@ -178,48 +178,23 @@ impl Projections {
             }
             matched = true;
             for (i, x) in &h.set {
-                let f = &p.fields[*i];
-                let v = x
-                    .program
-                    .eval(&env)
-                    .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?;
-                if !type_fits(f.ty, &v) {
-                    return Err(refused(
-                        &format!("set {} ({})", f.name, f.ty),
-                        &x.src,
-                        &format!("gave {} {v}", v.type_of()),
-                    ));
-                }
-                set[*i] = Some(v);
+                set[*i] = Some(set_value(&p.fields[*i], x, &env, &refused)?);
             }
         }
         if !matched {
             return Ok(Applied::Unchanged);
         }
         let mut int_key = itoa::Buffer::new();
-        let key = p.key.program.eval(&env).map_err(|e| Refused {
+        let bad_key = |detail| Refused {
             reason: DeadReason::BadKey,
-            detail: format!("projection '{}': key `{}`: {e}", p.name, p.key.src),
-        })?;
-        let key: &[u8] = match &key {
-            Val::Str(s) if !s.is_empty() => s.as_bytes(),
-            Val::Int(n) => int_key.format(*n).as_bytes(),
-            other => {
-                return Err(Refused {
-                    reason: DeadReason::BadKey,
-                    detail: format!(
-                        "projection '{}': key `{}` must give a non-empty string or an int, got {}",
-                        p.name,
-                        p.key.src,
-                        if matches!(other, Val::Str(_)) {
-                            "an empty string".to_string()
-                        } else {
-                            other.type_of().to_string()
-                        }
-                    ),
-                });
-            }
+            detail,
         };
+        let key =
+            p.key.program.eval(&env).map_err(|e| {
+                bad_key(format!("projection '{}': key `{}`: {e}", p.name, p.key.src))
+            })?;
+        let key = row_key(&key, &mut int_key)
+            .map_err(|got| bad_key(bad_row_key(&p.name, &p.key.src, &got)))?;
         emit.record_keyed(pi, key, |out| {
             // As the engine renders a kept row (`{"key":K,"version":V,<fields>}`); a row
             // written once is at version 1.
@@ -260,6 +235,48 @@ pub(crate) fn lane_keys(projection: u16, shards: u32) -> Vec<Vec<u8>> {
         n += 1;
     }
     lanes.into_iter().flatten().collect()
+}
+
+/// A handler's `set` expression for field `f`, evaluated and type-checked; `refused`
+/// words a failure (what, source, error).
+#[inline]
+fn set_value<'e>(
+    f: &crate::config::RowField,
+    x: &'e crate::config::Expr,
+    env: &'e RowEnv<'e>,
+    refused: &impl Fn(&str, &str, &dyn std::fmt::Display) -> Refused,
+) -> Result<Val<'e>, Refused> {
+    let v = x
+        .program
+        .eval(env)
+        .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?;
+    if !type_fits(f.ty, &v) {
+        return Err(refused(
+            &format!("set {} ({})", f.name, f.ty),
+            &x.src,
+            &format!("gave {} {v}", v.type_of()),
+        ));
+    }
+    Ok(v)
+}
+
+/// A row key's bytes: a non-empty string, or an int in decimal (written into `int`).
+/// `Err` says what the value was instead.
+#[inline]
+pub(crate) fn row_key<'v>(v: &'v Val<'_>, int: &'v mut itoa::Buffer) -> Result<&'v [u8], String> {
+    match v {
+        Val::Str(s) if !s.is_empty() => Ok(s.as_bytes()),
+        Val::Int(n) => Ok(int.format(*n).as_bytes()),
+        Val::Str(_) => Err("an empty string".into()),
+        other => Err(other.type_of().to_string()),
+    }
+}
+
+/// The detail of a dead letter for a projection key that gave `got` ([`row_key`]).
+pub(crate) fn bad_row_key(projection: &str, src: &str, got: &str) -> String {
+    format!(
+        "projection '{projection}': key `{src}` must give a non-empty string or an int, got {got}"
+    )
 }
 
 fn type_fits(ty: Type, v: &Val<'_>) -> bool {
@@ -361,18 +378,7 @@ impl Stage for Projections {
                     return Ok(false);
                 }
                 for (i, x) in &h.set {
-                    let f = &p.fields[*i];
-                    let v = x
-                        .program
-                        .eval(&env)
-                        .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?;
-                    if !type_fits(f.ty, &v) {
-                        return Err(refused(
-                            &format!("set {} ({})", f.name, f.ty),
-                            &x.src,
-                            &format!("gave {} {v}", v.type_of()),
-                        ));
-                    }
+                    let v = set_value(&p.fields[*i], x, &env, &refused)?;
                     // A field set to what it holds (an account's name, a row's day) keeps
                     // its value: no copy of it.
                     if v != env.fields[*i] {
