@@ -737,10 +737,7 @@ fn from_line(names: &InputNames, inputs: &[usize], c: &Candidate) -> String {
             .and_then(|d| d.file_name())
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix(crate::config::INSTANCE_DIR_PREFIX))
-            .map_or_else(
-                || "another instance's".into(),
-                |n| format!("instance '{n}''s"),
-            )
+            .map_or_else(|| "another instance".into(), |n| format!("instance '{n}'"))
     };
     format!(
         "'{source}' partition{} {list}: snapshot of epoch {} by {whose} ({})",
@@ -1033,7 +1030,7 @@ mod tests {
         assert!(
             r.partitions
                 .iter()
-                .any(|l| l.contains("partition 1: snapshot of epoch 5 by instance 'a'")),
+                .any(|l| l.contains("partition 1: snapshot of epoch 5 by instance 'a' (")),
             "{:?}",
             r.partitions
         );
