@@ -54,7 +54,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut o = Outcomes::default();
             for (i, r) in recs.iter().enumerate() {
-                router.route(0, i as u64, 0, r, &mut batches, &mut dead, true, &mut o);
+                router.route(
+                    0,
+                    i as u64,
+                    0,
+                    r,
+                    &[],
+                    &mut batches,
+                    &mut dead,
+                    true,
+                    &mut o,
+                );
                 if batches[0].events.len() >= 256 {
                     batches[0].clear();
                 }
@@ -72,7 +82,7 @@ fn bench(c: &mut Criterion) {
     let mut o = Outcomes::default();
     let mut cur = vec![EventBatch::default()];
     for (i, r) in recs.iter().enumerate() {
-        router.route(0, i as u64, 0, r, &mut cur, &mut dead, true, &mut o);
+        router.route(0, i as u64, 0, r, &[], &mut cur, &mut dead, true, &mut o);
         if cur[0].events.len() == 256 {
             batches_all.push(std::mem::take(&mut cur[0]));
         }

@@ -24,7 +24,7 @@ use common::bin;
 use onceflow_connectors::kafka::KafkaAdmin;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -354,10 +354,32 @@ fn bad_records_go_to_the_dead_letter_topic_in_the_same_transactions() {
         return;
     };
     let mut records = payments(2, 1..=3);
-    records.push(("acct-0".into(), "not json".into()));
     records.push(payment(1, 3)); // a duplicate: dropped, counted
     records.push(("acct-1".into(), r#"{"seq":4,"amount":1}"#.into())); // no key field
     produce(&brokers, &n.input, &records);
+    // With headers of its own, one of them named like a dead letter's.
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "traceparent",
+            value: Some("tp-bad"),
+        })
+        .insert(Header {
+            key: "onceflow.reason",
+            value: Some("from an earlier life"),
+        });
+    p.send(
+        BaseRecord::to(&n.input)
+            .partition(0)
+            .key("acct-0")
+            .payload("not json")
+            .headers(headers),
+    )
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
     let out = run_until_end(&pipeline);
     let outs = read_all(&brokers, &n.view, VIEW_PARTITIONS);
     assert_exactly_once(&outs, 2, 3);
@@ -386,6 +408,18 @@ fn bad_records_go_to_the_dead_letter_topic_in_the_same_transactions() {
         );
         assert_eq!(h["onceflow.offset"], d.value["offset"].to_string(), "{d:?}");
     }
+    // A dead letter carries its record's headers; its own replace any of their names.
+    let bad = dead
+        .iter()
+        .find(|d| d.value["reason"] == "malformed_json")
+        .unwrap();
+    assert_eq!(bad.headers["traceparent"], "tp-bad", "{bad:?}");
+    assert_eq!(bad.headers["onceflow.reason"], "malformed_json", "{bad:?}");
+    let other = dead
+        .iter()
+        .find(|d| d.value["reason"] == "missing_key")
+        .unwrap();
+    assert!(!other.headers.contains_key("traceparent"), "{other:?}");
 }
 
 /// Runs the pipeline tailing (no `--until-end`) with `fault` armed; waits for it to
@@ -782,7 +816,9 @@ fn bank_on_kafka(src: &str, brokers: &str) -> String {
 
 /// Creates the topic `commands` with `partitions` and produces the bank example's
 /// commands to it, keyed by account (the default partitioner keeps each account on one
-/// partition).
+/// partition). Each command has the headers `traceparent: tp-<command id>` (which its
+/// outputs carry) and `ce_type: Stale`, `content-type: text/plain` (which describe the
+/// command's own encoding, so no output carries them).
 fn produce_bank_commands(brokers: &str, partitions: u32) {
     let admin = KafkaAdmin::connect(&kafka::connection(brokers)).unwrap();
     kafka::create_topics(&admin, &[kafka::topic("commands", partitions, true)]);
@@ -794,12 +830,29 @@ fn produce_bank_commands(brokers: &str, partitions: u32) {
         .unwrap()
         .lines()
     {
-        let key = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["account"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        p.send(BaseRecord::to("commands").key(&key).payload(line))
-            .unwrap();
+        let v = serde_json::from_str::<serde_json::Value>(line).unwrap_or_default();
+        let key = v["account"].as_str().unwrap_or_default();
+        let trace = format!("tp-{}", v["id"].as_str().unwrap_or_default());
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "traceparent",
+                value: Some(&trace),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("Stale"),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("text/plain"),
+            });
+        p.send(
+            BaseRecord::to("commands")
+                .key(key)
+                .payload(line)
+                .headers(headers),
+        )
+        .unwrap();
     }
     p.flush(Duration::from_secs(10)).unwrap();
 }
@@ -1286,6 +1339,27 @@ fn aggregate_events_go_out_in_cloudevents_binary_mode_and_feed_a_projection() {
     assert_eq!(h["ce_correlationid"], "c-001");
     assert_eq!(h["correlation_id"], "c-001");
     assert_eq!(h["content-type"], "application/json");
+    // The command's headers are carried, but not those of its own encoding.
+    assert_eq!(h["traceparent"], "tp-c-001");
+    for e in &events {
+        assert_eq!(
+            e.headers["traceparent"],
+            format!("tp-{}", e.headers["ce_causationid"]),
+            "an event carries its command's headers: {e:?}"
+        );
+        assert_ne!(e.headers["ce_type"], "Stale", "{e:?}");
+    }
+    let rejections = read_all(
+        &brokers,
+        "account_rejections",
+        partitions("account_rejections"),
+    );
+    assert!(!rejections.is_empty());
+    for r in &rejections {
+        assert!(r.headers["traceparent"].starts_with("tp-c-"), "{r:?}");
+        assert!(!r.headers.contains_key("ce_type"), "{r:?}");
+        assert!(!r.headers.contains_key("content-type"), "{r:?}");
+    }
     assert_eq!(opened.value["owner"], "Ada Lovelace");
     assert!(
         opened.value.get("specversion").is_none(),
@@ -1305,4 +1379,23 @@ fn aggregate_events_go_out_in_cloudevents_binary_mode_and_feed_a_projection() {
     assert_eq!(view["ACC-1"]["balance"], 8900, "{view}");
     assert_eq!(view["ACC-3"]["balance"], 700, "{view}");
     assert_eq!(view["ACC-1"]["opened"], "EUR", "{view}");
+    // A balance's upsert carries the headers of the event that last changed it, which
+    // carries those of its command.
+    let last_event = events
+        .iter()
+        .rfind(|e| e.headers["ce_subject"] == "ACC-1")
+        .unwrap();
+    let last_balance = read_all(&brokers, "balances", partitions("balances"))
+        .into_iter()
+        .rfind(|b| b.key == "ACC-1")
+        .unwrap();
+    assert_eq!(
+        last_balance.headers.get("traceparent"),
+        Some(&last_event.headers["traceparent"]),
+        "{last_balance:?}"
+    );
+    assert!(
+        !last_balance.headers.contains_key("ce_type"),
+        "{last_balance:?}"
+    );
 }

@@ -21,6 +21,9 @@ pub struct Event {
     pub seq: u64,
     /// Raw record bytes in the arena (for dead letters).
     pub raw: (u32, u32),
+    /// Length of the record's encoded headers (`crate::headers`), stored in the arena
+    /// right after the raw bytes; 0 for none.
+    pub headers: u32,
     /// In a projection pipeline, the projection this delivery is for (the record itself
     /// was counted by the router); [`RECORD`] otherwise.
     pub target: u32,
@@ -100,6 +103,13 @@ impl EventBatch {
     pub fn bytes(&self, r: (u32, u32)) -> &[u8] {
         &self.arena[r.0 as usize..(r.0 + r.1) as usize]
     }
+
+    /// The encoded headers of `ev` (empty for none).
+    #[inline]
+    pub fn headers(&self, ev: &Event) -> &[u8] {
+        let at = ev.raw.0 + ev.raw.1;
+        &self.arena[at as usize..(at + ev.headers) as usize]
+    }
 }
 
 /// One record for the committer to append.
@@ -111,6 +121,8 @@ pub struct OutRec {
     pub key: (u32, u32),
     /// Value range in [`OutBuf::data`].
     pub value: (u32, u32),
+    /// Length of the encoded headers (`crate::headers`) right after the value; 0 for none.
+    pub headers: u32,
 }
 
 /// Output records of one topic, sharing one byte buffer.
@@ -158,16 +170,41 @@ impl OutBuf {
             partition,
             key: (ks, key.len() as u32),
             value: (vs, ve - vs),
+            headers: 0,
         });
+    }
+
+    /// Gives the last record appended the encoded `headers` (`crate::headers`). Must
+    /// follow its `push_with` directly (the headers go right after its value).
+    #[inline]
+    pub fn set_headers(&mut self, headers: &[u8]) {
+        if headers.is_empty() {
+            return;
+        }
+        let r = self.recs.last_mut().expect("a record to give headers to");
+        debug_assert_eq!(
+            (r.value.0 + r.value.1) as usize,
+            self.data.len(),
+            "headers go right after their record's value"
+        );
+        self.data.extend_from_slice(headers);
+        r.headers = headers.len() as u32;
     }
 
     /// Iterates `(partition, key, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8], &[u8])> {
+        self.iter_headed().map(|(p, k, v, _)| (p, k, v))
+    }
+
+    /// Iterates `(partition, key, value, headers)`, the headers encoded (empty for none).
+    pub fn iter_headed(&self) -> impl Iterator<Item = (u32, &[u8], &[u8], &[u8])> {
         self.recs.iter().map(|r| {
+            let ve = (r.value.0 + r.value.1) as usize;
             (
                 r.partition,
                 &self.data[r.key.0 as usize..(r.key.0 + r.key.1) as usize],
-                &self.data[r.value.0 as usize..(r.value.0 + r.value.1) as usize],
+                &self.data[r.value.0 as usize..ve],
+                &self.data[ve..ve + r.headers as usize],
             )
         })
     }

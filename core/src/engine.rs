@@ -972,6 +972,7 @@ fn route_loop(
                         rec.offset,
                         rec.timestamp_ms,
                         rec.value,
+                        rec.headers,
                         &mut batches,
                         &mut dead,
                         !replaying,
@@ -1392,19 +1393,19 @@ fn commit_epochs(
         for ep in eps {
             for part in &ep.shards {
                 if let Some(view) = topics.view {
-                    for (partition, key, value) in part.outputs.iter() {
-                        tx.append(view, partition, key, value);
+                    for (partition, key, value, headers) in part.outputs.iter_headed() {
+                        tx.append(view, partition, key, value, headers);
                     }
                 }
                 for (&topic, buf) in topics.stage.iter().zip(&part.emitted) {
-                    for (partition, key, value) in buf.iter() {
-                        tx.append(topic, partition, key, value);
+                    for (partition, key, value, headers) in buf.iter_headed() {
+                        tx.append(topic, partition, key, value, headers);
                     }
                 }
             }
             for buf in deads(ep) {
-                for (partition, key, value) in buf.iter() {
-                    tx.append(topics.dead, partition, key, value);
+                for (partition, key, value, headers) in buf.iter_headed() {
+                    tx.append(topics.dead, partition, key, value, headers);
                 }
             }
         }

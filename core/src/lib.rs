@@ -17,6 +17,7 @@ pub mod engine;
 pub mod expr;
 pub mod fault;
 pub mod hash;
+pub mod headers;
 pub mod input;
 pub mod log;
 pub mod output;

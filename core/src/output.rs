@@ -13,8 +13,17 @@ pub type OutputTopic = u32;
 
 /// Receives an epoch's records inside [`CommitTarget::commit`].
 pub trait Append {
-    /// Adds one record to the epoch being committed.
-    fn append(&mut self, topic: OutputTopic, partition: u32, key: &[u8], value: &[u8]);
+    /// Adds one record to the epoch being committed. `headers` are encoded as in
+    /// [`crate::headers`] (empty for none); a target that stores no headers (the
+    /// embedded log) ignores them.
+    fn append(
+        &mut self,
+        topic: OutputTopic,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+        headers: &[u8],
+    );
 }
 
 /// The committer's side of the seam.
@@ -97,7 +106,15 @@ impl LogTarget {
 }
 
 impl Append for Txn<'_> {
-    fn append(&mut self, topic: OutputTopic, partition: u32, key: &[u8], value: &[u8]) {
+    /// The log's records have no headers: `headers` are not kept.
+    fn append(
+        &mut self,
+        topic: OutputTopic,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+        _headers: &[u8],
+    ) {
         Txn::append(self, topic, partition, key, value);
     }
 }

@@ -24,6 +24,8 @@ struct At<'r> {
     offset: u64,
     ts_ms: u64,
     raw: &'r [u8],
+    /// Its headers, encoded (`crate::headers`; empty for none).
+    headers: &'r [u8],
     /// False while replaying: dead letters are counted, not written.
     emit_dead: bool,
 }
@@ -48,6 +50,7 @@ fn refuse(
         key,
         None,
         at.raw,
+        at.headers,
         at.emit_dead,
         o,
     );
@@ -238,8 +241,9 @@ impl Router {
         self.extractor.slots()
     }
 
-    /// Decodes one record and appends it to `batches[shard]`, or dead-letters it into `dead`.
-    /// Returns the shard it went to.
+    /// Decodes one record (`raw`, with its `headers` encoded as in [`crate::headers`],
+    /// empty for none) and appends it to `batches[shard]`, or dead-letters it into
+    /// `dead`. Returns the shard it went to.
     #[allow(clippy::too_many_arguments)]
     pub fn route(
         &mut self,
@@ -247,6 +251,7 @@ impl Router {
         offset: u64,
         ts_ms: u64,
         raw: &[u8],
+        headers: &[u8],
         batches: &mut [EventBatch],
         dead: &mut OutBuf,
         emit_dead: bool,
@@ -258,6 +263,7 @@ impl Router {
             offset,
             ts_ms,
             raw,
+            headers,
             emit_dead,
         };
         self.scratch_arena.clear();
@@ -418,6 +424,7 @@ impl Router {
         };
         let raw_at = b.arena.len() as u32;
         b.arena.extend_from_slice(at.raw);
+        b.arena.extend_from_slice(at.headers);
         b.events.push(Event {
             input: at.input,
             offset: at.offset,
@@ -426,6 +433,7 @@ impl Router {
             key: key_range,
             seq,
             raw: (raw_at, at.raw.len() as u32),
+            headers: at.headers.len() as u32,
             target,
             part,
         });

@@ -31,6 +31,19 @@ struct Held {
     values: Box<[Value]>,
     arena: Box<[u8]>,
     raw: (u32, u32),
+    /// Length of its encoded headers, right after `raw` in `arena`.
+    headers: u32,
+}
+
+impl Held {
+    fn raw(&self) -> &[u8] {
+        &self.arena[self.raw.0 as usize..(self.raw.0 + self.raw.1) as usize]
+    }
+
+    fn headers(&self) -> &[u8] {
+        let at = (self.raw.0 + self.raw.1) as usize;
+        &self.arena[at..at + self.headers as usize]
+    }
 }
 
 /// Key bytes, stored inline when short (most keys) so that a lookup touches one cache line.
@@ -182,6 +195,11 @@ pub struct ShardCore<S: Stage> {
     expiry: Vec<VecDeque<(u64, u32, u64)>>,
     /// Entries changed since their last render this epoch (per-epoch emission).
     dirty: Vec<u32>,
+    /// Per-epoch emission: the headers of the last record that changed a dirty entry, by
+    /// entry index, as ranges of `dirty_header_bytes`; only entries whose last change
+    /// had headers are here (so it stays empty, and costless, without headers).
+    dirty_headers: hashbrown::HashMap<u32, (u32, u32)>,
+    dirty_header_bytes: Vec<u8>,
     /// This epoch's generation (see `KeyEntry::rendered_gen`); never 0.
     generation: u32,
     /// Records in `outputs` superseded by a later render of the same key.
@@ -223,6 +241,8 @@ impl<S: Stage> ShardCore<S> {
             held_total: 0,
             expiry: (0..n).map(|_| VecDeque::new()).collect(),
             dirty: Vec::new(),
+            dirty_headers: hashbrown::HashMap::new(),
+            dirty_header_bytes: Vec::new(),
             generation: 1,
             superseded: 0,
             outputs: OutBuf::default(),
@@ -319,13 +339,16 @@ impl<S: Stage> ShardCore<S> {
                 arena: &batch.arena,
             };
             let raw = batch.bytes(ev.raw);
+            let headers = batch.headers(ev);
             if self.cfg.homed
                 && (ev.target == RECORD || self.stage.keeps_rows(ev.target))
                 && !self.at_home(idx, ev.input)
             {
                 if ev.target == RECORD {
                     let oc = sink(&mut o, &mut later, ev.part, ev.target);
-                    self.refuse_foreign(idx, ev.input, ev.offset, ev.seq, raw, emit, ev.part, oc);
+                    self.refuse_foreign(
+                        idx, ev.input, ev.offset, ev.seq, raw, headers, emit, ev.part, oc,
+                    );
                 } else {
                     // The record was counted by the router; this row's update failed.
                     let mut scratch = Outcomes::default();
@@ -335,6 +358,7 @@ impl<S: Stage> ShardCore<S> {
                         ev.offset,
                         ev.seq,
                         raw,
+                        headers,
                         emit,
                         ev.part,
                         &mut scratch,
@@ -346,7 +370,7 @@ impl<S: Stage> ShardCore<S> {
             if !self.cfg.sequenced {
                 let oc = sink(&mut o, &mut later, ev.part, ev.target);
                 self.apply(
-                    idx, view, ev.input, ev.offset, 0, raw, emit, ev.target, ev.part, oc,
+                    idx, view, ev.input, ev.offset, 0, raw, headers, emit, ev.target, ev.part, oc,
                 );
                 continue;
             }
@@ -381,6 +405,7 @@ impl<S: Stage> ShardCore<S> {
                         key,
                         Some(ev.seq),
                         raw,
+                        headers,
                         emit,
                         oc,
                     );
@@ -397,6 +422,7 @@ impl<S: Stage> ShardCore<S> {
                     }
                     let raw_at = arena.len() as u32;
                     arena.extend_from_slice(raw);
+                    arena.extend_from_slice(headers);
                     entry.held += 1;
                     self.held.entry(idx).or_default().push(Held {
                         seq: ev.seq,
@@ -406,6 +432,7 @@ impl<S: Stage> ShardCore<S> {
                         values: vals,
                         arena: arena.into(),
                         raw: (raw_at, ev.raw.1),
+                        headers: ev.headers,
                     });
                     self.held_total += 1;
                     oc.held_delta += 1;
@@ -414,7 +441,8 @@ impl<S: Stage> ShardCore<S> {
             } else {
                 let oc = sink(&mut o, &mut later, ev.part, ev.target);
                 self.apply(
-                    idx, view, ev.input, ev.offset, ev.seq, raw, emit, ev.target, ev.part, oc,
+                    idx, view, ev.input, ev.offset, ev.seq, raw, headers, emit, ev.target, ev.part,
+                    oc,
                 );
                 // Release held successors that are now in order.
                 loop {
@@ -435,9 +463,18 @@ impl<S: Stage> ShardCore<S> {
                         values: &h.values,
                         arena: &h.arena,
                     };
-                    let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
                     self.apply(
-                        idx, view, h.input, h.offset, h.seq, raw, emit, RECORD, h.part, oc,
+                        idx,
+                        view,
+                        h.input,
+                        h.offset,
+                        h.seq,
+                        h.raw(),
+                        h.headers(),
+                        emit,
+                        RECORD,
+                        h.part,
+                        oc,
                     );
                 }
             }
@@ -469,6 +506,7 @@ impl<S: Stage> ShardCore<S> {
         offset: u64,
         seq: u64,
         raw: &[u8],
+        headers: &[u8],
         emit: bool,
         part: Part,
         o: &mut Outcomes,
@@ -491,6 +529,7 @@ impl<S: Stage> ShardCore<S> {
             key,
             self.cfg.sequenced.then_some(seq),
             raw,
+            headers,
             emit,
             o,
         );
@@ -507,6 +546,7 @@ impl<S: Stage> ShardCore<S> {
         offset: u64,
         seq: u64,
         raw: &[u8],
+        headers: &[u8],
         emit: bool,
         target: u32,
         part: Part,
@@ -541,6 +581,7 @@ impl<S: Stage> ShardCore<S> {
             target,
             part,
             raw,
+            headers,
             outs: &mut self.emitted,
             partitions: &self.emitted_partitions,
             enabled: emit,
@@ -572,11 +613,20 @@ impl<S: Stage> ShardCore<S> {
                             &self.emitted_partitions,
                         );
                         render(&*self.stage, entry, out, parts);
+                        out.set_headers(headers);
                     }
                     EmitMode::PerEpoch => {
                         if !entry.dirty {
                             entry.dirty = true;
                             self.dirty.push(idx);
+                        }
+                        // The upsert carries the headers of the last change.
+                        if !headers.is_empty() {
+                            let at = self.dirty_header_bytes.len() as u32;
+                            self.dirty_header_bytes.extend_from_slice(headers);
+                            self.dirty_headers.insert(idx, (at, headers.len() as u32));
+                        } else if !self.dirty_headers.is_empty() {
+                            self.dirty_headers.remove(&idx);
                         }
                     }
                 }
@@ -597,6 +647,7 @@ impl<S: Stage> ShardCore<S> {
                     key,
                     self.cfg.sequenced.then_some(seq),
                     raw,
+                    headers,
                     emit,
                     if delivery { &mut scratch } else { o },
                 );
@@ -640,7 +691,6 @@ impl<S: Stage> ShardCore<S> {
                 Position((h.seq, h.part.sub)),
                 window
             );
-            let raw = &h.arena[h.raw.0 as usize..(h.raw.0 + h.raw.1) as usize];
             dead_letter(
                 &mut self.dead,
                 &self.inputs,
@@ -650,7 +700,8 @@ impl<S: Stage> ShardCore<S> {
                 h.offset,
                 entry.key.as_bytes(),
                 Some(h.seq),
-                raw,
+                h.raw(),
+                h.headers(),
                 emit,
                 oc,
             );
@@ -696,8 +747,16 @@ impl<S: Stage> ShardCore<S> {
             entry.rendered_gen = self.generation;
             entry.rendered_rec = u32::try_from(out.recs.len()).expect("< 2^32 upserts an epoch");
             render(&*self.stage, entry, out, parts);
+            if !self.dirty_headers.is_empty()
+                && let Some((at, len)) = self.dirty_headers.remove(&idx)
+            {
+                out.set_headers(&self.dirty_header_bytes[at as usize..(at + len) as usize]);
+            }
         }
         self.dirty.drain(..n);
+        if self.dirty_headers.is_empty() {
+            self.dirty_header_bytes.clear();
+        }
     }
 
     /// Ends the epoch: renders the changed keys still pending (per-epoch emission) and
@@ -898,6 +957,7 @@ pub(crate) fn dead_letter(
     key: &[u8],
     seq: Option<u64>,
     raw: &[u8],
+    headers: &[u8],
     emit: bool,
     o: &mut Outcomes,
 ) {
@@ -927,6 +987,7 @@ pub(crate) fn dead_letter(
         write_json_str(buf, raw);
         buf.push(b'}');
     });
+    dead.set_headers(headers);
 }
 
 mod query;

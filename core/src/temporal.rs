@@ -844,6 +844,7 @@ impl Replay<'_> {
                         rec.offset,
                         rec.timestamp_ms,
                         rec.value,
+                        rec.headers,
                         &mut self.batches,
                         &mut self.dead,
                         false,

@@ -36,7 +36,7 @@ pub fn run(data: &[u8]) {
                 br#"{"schema_version":1}"#,
             ] {
                 o.read += 1;
-                router.route(0, 0, 0, rec, &mut batches, &mut dead, true, &mut o);
+                router.route(0, 0, 0, rec, &[], &mut batches, &mut dead, true, &mut o);
             }
             // At most MAX_UPCAST_PARTS parts a record, each delivered once per projection.
             let routed: usize = batches.iter().map(|b| b.events.len()).sum();

@@ -16,11 +16,32 @@
 //! - **Correlation ids** (outputs): an aggregate's events carry `correlation_id`; the
 //!   Kafka commit target also sets it as the `correlation_id` header, so consumers can
 //!   trace a command's events without parsing them.
+//! - **Headers carried** (inputs to outputs): an input record's headers (trace context,
+//!   tenant, anything its producer set) go on every output derived from it
+//!   ([`carried_headers`] picks them; `onceflow_core::headers` says which outputs get
+//!   them). Not carried: `ce_*` and `content-type`, which describe the input record's
+//!   own encoding (an output has its own, or none: carried, they would make a JSON output
+//!   look like a binary-mode CloudEvent with another event's attributes).
 
 use rdkafka::message::{Headers, Message};
 
 /// The header that marks binary mode.
 pub const CE_SPECVERSION: &str = "ce_specversion";
+
+/// Encodes the headers of `m` that outputs derived from it carry (all but `ce_*` and
+/// `content-type`, see the [module docs](self)) into `out`, as
+/// [`onceflow_core::headers`] encodes them. Writes nothing when none are carried.
+pub fn carried_headers<M: Message>(m: &M, out: &mut Vec<u8>) {
+    let Some(headers) = m.headers() else {
+        return;
+    };
+    for h in headers.iter() {
+        if h.key.starts_with("ce_") || h.key.eq_ignore_ascii_case("content-type") {
+            continue;
+        }
+        onceflow_core::headers::push(out, h.key.as_bytes(), h.value);
+    }
+}
 
 /// Writes the structured-mode envelope of `m` into `out` if `m` is a binary-mode
 /// CloudEvent (it has a `ce_specversion` header); false (and `out` untouched) if not.

@@ -43,7 +43,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -573,7 +573,14 @@ struct Producing<'a> {
 }
 
 impl Append for Producing<'_> {
-    fn append(&mut self, topic: OutputTopic, partition: u32, key: &[u8], value: &[u8]) {
+    fn append(
+        &mut self,
+        topic: OutputTopic,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+        headers: &[u8],
+    ) {
         // hot path
         if self.failed.is_some() {
             return;
@@ -593,9 +600,10 @@ impl Append for Producing<'_> {
         if !key.is_empty() {
             record = record.key(key);
         }
-        match headed {
-            Headed::No => {}
-            Headed::DeadLetter => record = record.headers(dead_letter_headers(value)),
+        // onceflow's own headers for the record, by the topic's kind.
+        let own = match headed {
+            Headed::No => None,
+            Headed::DeadLetter => Some(dead_letter_headers(value)),
             Headed::BinaryEvent if binary => {
                 let mut h = OwnedHeaders::new_with_capacity(self.binary.0.len() + 1);
                 for (k, v) in &self.binary.0 {
@@ -610,24 +618,32 @@ impl Append for Producing<'_> {
                         value: Some(id),
                     });
                 }
-                record = record.headers(h);
+                Some(h)
             }
-            Headed::BinaryEvent => {
-                record = record.headers(OwnedHeaders::new().insert(Header {
-                    key: "content-type",
-                    value: Some("application/cloudevents+json"),
-                }));
-            }
-            Headed::Event => {
-                if let Some(id) = string_field(value, "correlation_id")
-                    .or_else(|| string_field(value, "correlationid"))
-                {
-                    record = record.headers(OwnedHeaders::new().insert(Header {
+            Headed::BinaryEvent => Some(OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json"),
+            })),
+            Headed::Event => string_field(value, "correlation_id")
+                .or_else(|| string_field(value, "correlationid"))
+                .map(|id| {
+                    OwnedHeaders::new().insert(Header {
                         key: "correlation_id",
                         value: Some(id),
-                    }));
-                }
-            }
+                    })
+                }),
+        };
+        let all = if headers.is_empty() {
+            own
+        } else {
+            Some(with_input_headers(
+                headers,
+                own,
+                *headed == Headed::DeadLetter,
+            ))
+        };
+        if let Some(h) = all {
+            record = record.headers(h);
         }
         loop {
             match t.producer.send(record) {
@@ -644,6 +660,41 @@ impl Append for Producing<'_> {
             }
         }
     }
+}
+
+/// An output record's headers: those of the input record it was derived from
+/// (`input`, encoded as in [`onceflow_core::headers`]), then onceflow's own (`own`),
+/// which replace an input header of the same name. A dead letter's `onceflow.*` headers
+/// replace every input header of that prefix (a dead letter replayed and dead-lettered
+/// again says only why it failed this time).
+pub fn with_input_headers(
+    input: &[u8],
+    own: Option<OwnedHeaders>,
+    dead_letter: bool,
+) -> OwnedHeaders {
+    let own_count = own.as_ref().map_or(0, |o| o.count());
+    let mut h = OwnedHeaders::new_with_capacity(own_count + 4);
+    for (k, v) in onceflow_core::headers::iter(input) {
+        // Keys came from librdkafka as strings.
+        let Ok(k) = std::str::from_utf8(k) else {
+            continue;
+        };
+        if (dead_letter && k.starts_with("onceflow."))
+            || own.as_ref().is_some_and(|o| o.iter().any(|x| x.key == k))
+        {
+            continue;
+        }
+        h = h.insert(Header { key: k, value: v });
+    }
+    if let Some(o) = own {
+        for x in o.iter() {
+            h = h.insert(Header {
+                key: x.key,
+                value: x.value,
+            });
+        }
+    }
+    h
 }
 
 /// Headers of a dead letter, from its JSON value: `onceflow.reason`, `onceflow.stage`,

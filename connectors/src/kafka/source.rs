@@ -44,7 +44,8 @@
 //!   run; the next run reads them.
 //! - **Records**: the Kafka timestamp (create or log-append time, ms; 0 when the record
 //!   has none) into the buffer's timestamp, the key and value bytes (a missing key or
-//!   value reads as empty bytes). Headers are ignored for now.
+//!   value reads as empty bytes), and the headers that outputs derived from the record
+//!   carry (all but `ce_*` and `content-type`; see `format.rs`).
 //! - **Start**: every partition from offset 0 until a seek, like the embedded log, and
 //!   `auto.offset.reset=error`: an offset the broker no longer has (retention) is an
 //!   error, never a silent jump to another offset.
@@ -715,25 +716,29 @@ pub(crate) fn stable_offsets(json: &[u8], topic: &str) -> Result<Vec<(i32, u64)>
     Ok(out)
 }
 
-/// Appends a Kafka record to `buf`: its timestamp in ms (0 if it has none), key and value
-/// (a null one as empty).
+/// Appends a Kafka record `m` to `buf`: its timestamp in ms (0 if it has none), key and
+/// value (a null one as empty), and the headers its outputs carry
+/// ([`carried_headers`](super::format::carried_headers)). With `cloudevents` (a scratch
+/// buffer), a binary-mode CloudEvent goes in as its structured-mode envelope.
 #[inline]
-/// Appends `m` to `buf`; with `cloudevents` (a scratch buffer), a binary-mode
-/// CloudEvent goes in as its structured-mode envelope.
 fn push<M: Message>(buf: &mut RecordBuf, partition: u32, m: &M, cloudevents: Option<&mut Vec<u8>>) {
     let ts = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
     let key = m.key().unwrap_or_default();
-    if let Some(scratch) = cloudevents
-        && super::format::binary_to_structured(m, scratch)
-    {
-        buf.push(partition, m.offset() as u64, ts, key, scratch);
-        return;
+    let value: &[u8] = match cloudevents {
+        Some(scratch) => {
+            if super::format::binary_to_structured(m, scratch) {
+                scratch
+            } else {
+                m.payload().unwrap_or_default()
+            }
+        }
+        None => m.payload().unwrap_or_default(),
+    };
+    if m.headers().is_some() {
+        buf.push_with_headers(partition, m.offset() as u64, ts, key, value, |out| {
+            super::format::carried_headers(m, out)
+        });
+    } else {
+        buf.push(partition, m.offset() as u64, ts, key, value);
     }
-    buf.push(
-        partition,
-        m.offset() as u64,
-        ts,
-        key,
-        m.payload().unwrap_or_default(),
-    );
 }

@@ -942,3 +942,91 @@ fn a_structured_envelope_goes_out_in_binary_mode_and_reads_back_the_same() {
                 .is_err()
     );
 }
+
+#[test]
+fn input_headers_are_carried_except_their_encodings_and_onceflows_own_win() {
+    use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage, Timestamp};
+    let pairs = |h: &OwnedHeaders| -> Vec<(String, Option<String>)> {
+        h.iter()
+            .map(|x| {
+                (
+                    x.key.to_string(),
+                    x.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect()
+    };
+    let input = OwnedHeaders::new()
+        .insert(Header {
+            key: "traceparent",
+            value: Some("00-ab-01"),
+        })
+        .insert(Header {
+            key: "ce_type",
+            value: Some("Stale"),
+        })
+        .insert(Header {
+            key: "Content-Type",
+            value: Some("text/plain"),
+        })
+        .insert(Header::<&[u8]> {
+            key: "tenant",
+            value: None,
+        })
+        .insert(Header {
+            key: "correlation_id",
+            value: Some("theirs"),
+        })
+        .insert(Header {
+            key: "onceflow.reason",
+            value: Some("old"),
+        });
+    let m = OwnedMessage::new(
+        Some(b"{}".to_vec()),
+        None,
+        "t".into(),
+        Timestamp::NotAvailable,
+        0,
+        0,
+        Some(input),
+    );
+    // The source keeps all but the input's own encoding (ce_*, content-type).
+    let mut enc = Vec::new();
+    super::format::carried_headers(&m, &mut enc);
+    let kept: Vec<&[u8]> = onceflow_core::headers::iter(&enc).map(|(k, _)| k).collect();
+    assert_eq!(
+        kept,
+        [
+            &b"traceparent"[..],
+            b"tenant",
+            b"correlation_id",
+            b"onceflow.reason"
+        ]
+    );
+
+    // onceflow's own headers replace same-named input ones and come last.
+    let own = OwnedHeaders::new().insert(Header {
+        key: "correlation_id",
+        value: Some("ours"),
+    });
+    let s = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
+    assert_eq!(
+        pairs(&super::sink::with_input_headers(&enc, Some(own), false)),
+        [
+            s("traceparent", Some("00-ab-01")),
+            s("tenant", None),
+            s("onceflow.reason", Some("old")),
+            s("correlation_id", Some("ours")),
+        ]
+    );
+    // Without its own, the input's correlation id stays; a dead letter drops every
+    // input `onceflow.*` header (its own say why it failed this time).
+    assert_eq!(
+        pairs(&super::sink::with_input_headers(&enc, None, true)),
+        [
+            s("traceparent", Some("00-ab-01")),
+            s("tenant", None),
+            s("correlation_id", Some("theirs")),
+        ]
+    );
+}

@@ -590,10 +590,12 @@ struct RecMeta {
     key_len: u32,
     value_len: u32,
     partition: u32,
+    /// Encoded headers ([`crate::headers`]) after the value; 0 for none.
+    headers_len: u32,
 }
 
-/// A reusable buffer of records: keys and values are stored back to back in one byte
-/// buffer, so once warmed up, filling it does not allocate per record.
+/// A reusable buffer of records: keys, values (and headers, if any) are stored back to
+/// back in one byte buffer, so once warmed up, filling it does not allocate per record.
 #[derive(Debug, Default, Clone)]
 pub struct RecordBuf {
     data: Vec<u8>,
@@ -613,6 +615,8 @@ pub struct RecordRef<'a> {
     pub key: &'a [u8],
     /// Value bytes.
     pub value: &'a [u8],
+    /// Headers, encoded ([`crate::headers`]); empty for none (always, on the embedded log).
+    pub headers: &'a [u8],
 }
 
 impl RecordBuf {
@@ -637,7 +641,7 @@ impl RecordBuf {
         self.recs.is_empty()
     }
 
-    /// Total key + value bytes held.
+    /// Total key, value and header bytes held.
     pub fn data_bytes(&self) -> usize {
         self.data.len()
     }
@@ -647,12 +651,14 @@ impl RecordBuf {
     pub fn get(&self, i: usize) -> RecordRef<'_> {
         let m = &self.recs[i];
         let k = m.start + m.key_len as usize;
+        let v = k + m.value_len as usize;
         RecordRef {
             partition: m.partition,
             offset: m.offset,
             timestamp_ms: m.timestamp_ms,
             key: &self.data[m.start..k],
-            value: &self.data[k..k + m.value_len as usize],
+            value: &self.data[k..v],
+            headers: &self.data[v..v + m.headers_len as usize],
         }
     }
 
@@ -677,9 +683,28 @@ impl RecordBuf {
             key_len: key.len() as u32,
             value_len: value.len() as u32,
             partition,
+            headers_len: 0,
         });
         self.data.extend_from_slice(key);
         self.data.extend_from_slice(value);
+    }
+
+    /// Appends a record with headers: `headers` writes them, encoded with
+    /// [`crate::headers::push`], into the buffer it is given (after the value).
+    pub fn push_with_headers(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        timestamp_ms: u64,
+        key: &[u8],
+        value: &[u8],
+        headers: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.push(partition, offset, timestamp_ms, key, value);
+        let before = self.data.len();
+        headers(&mut self.data);
+        let m = self.recs.last_mut().expect("just pushed");
+        m.headers_len = (self.data.len() - before) as u32;
     }
 
     /// Appends a record whose key and value are contiguous in `kv` (key first).
@@ -699,6 +724,7 @@ impl RecordBuf {
             key_len: key_len as u32,
             value_len: (kv.len() - key_len) as u32,
             partition,
+            headers_len: 0,
         });
         self.data.extend_from_slice(kv);
     }

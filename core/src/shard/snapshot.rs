@@ -481,6 +481,9 @@ fn put_held(out: &mut Vec<u8>, h: &Held) {
     out.put_u64(u64::from(h.raw.0));
     out.put_u64(u64::from(h.raw.1));
     out.put_bytes(&h.arena);
+    // Last, so that a held record of a snapshot written before headers were carried
+    // (which ends here) still reads, as one without headers.
+    out.put_u64(u64::from(h.headers));
 }
 
 fn take_held(data: &[u8], slots: usize, input: u32, seq: u64, offset: u64) -> Result<Held, String> {
@@ -522,12 +525,22 @@ fn take_held(data: &[u8], slots: usize, input: u32, seq: u64, offset: u64) -> Re
     );
     spans.push(raw);
     let arena: Box<[u8]> = t.bytes("the record's bytes")?.into();
+    let headers = if t.0.is_empty() {
+        0
+    } else {
+        t.u64("the headers' length")?
+    };
     t.end()?;
+    spans.push((raw.0.saturating_add(raw.1), headers));
     if spans
         .iter()
         .any(|&(s, l)| s.checked_add(l).is_none_or(|end| end > arena.len() as u64))
     {
         return Err("a string lies outside the record's bytes".into());
+    }
+    let at = (raw.0 + raw.1) as usize;
+    if !crate::headers::is_valid(&arena[at..at + headers as usize]) {
+        return Err("its headers are malformed".into());
     }
     Ok(Held {
         seq,
@@ -535,7 +548,48 @@ fn take_held(data: &[u8], slots: usize, input: u32, seq: u64, offset: u64) -> Re
         input,
         offset,
         values: values.into(),
-        arena,
         raw: (raw.0 as u32, raw.1 as u32),
+        headers: headers as u32,
+        arena,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_record_keeps_its_headers_and_older_snapshots_still_read() {
+        let mut headers = Vec::new();
+        crate::headers::push(&mut headers, b"traceparent", Some(b"00-ab-01"));
+        let mut arena = b"{\"k\":\"a\"}".to_vec();
+        arena.extend_from_slice(&headers);
+        let h = Held {
+            seq: 3,
+            part: Part::WHOLE,
+            input: 0,
+            offset: 7,
+            values: Box::new([Value::Int(1)]),
+            arena: arena.into(),
+            raw: (0, 9),
+            headers: headers.len() as u32,
+        };
+        let mut out = Vec::new();
+        put_held(&mut out, &h);
+        let back = take_held(&out, 1, 0, 3, 7).unwrap();
+        assert_eq!(back.raw(), b"{\"k\":\"a\"}");
+        assert_eq!(back.headers(), &headers[..]);
+        // Written before headers were carried: no trailing length.
+        let old = &out[..out.len() - 8];
+        let back = take_held(old, 1, 0, 3, 7).unwrap();
+        assert_eq!(back.raw(), b"{\"k\":\"a\"}");
+        assert!(back.headers().is_empty());
+        // A length past the bytes, or bytes that are no headers, are refused.
+        let mut bad = out.clone();
+        let n = bad.len();
+        bad[n - 8..].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(take_held(&bad, 1, 0, 3, 7).is_err());
+        bad[n - 8..].copy_from_slice(&3u64.to_le_bytes());
+        assert!(take_held(&bad, 1, 0, 3, 7).is_err());
+    }
 }

@@ -38,13 +38,20 @@ fn harness_emit(extra: &str, emit: &str) -> Harness {
 
 impl Harness {
     fn feed(&mut self, recs: &[&str]) {
-        for r in recs {
+        let recs: Vec<(&str, &[u8])> = recs.iter().map(|r| (*r, &[][..])).collect();
+        self.feed_headed(&recs);
+    }
+
+    /// Feeds records with their encoded headers.
+    fn feed_headed(&mut self, recs: &[(&str, &[u8])]) {
+        for (r, headers) in recs {
             self.o.read += 1;
             self.router.route(
                 0,
                 self.offset,
                 0,
                 r.as_bytes(),
+                headers,
                 &mut self.batches,
                 &mut self.dead,
                 true,
@@ -231,6 +238,7 @@ fn replayed_records_change_state_but_emit_nothing() {
         0,
         0,
         br#"{"k":"a","seq":1,"n":1}"#,
+        &[],
         &mut h.batches,
         &mut h.dead,
         false,
@@ -241,6 +249,7 @@ fn replayed_records_change_state_but_emit_nothing() {
         1,
         0,
         b"junk",
+        &[],
         &mut h.batches,
         &mut h.dead,
         false,
@@ -621,4 +630,82 @@ mod snapshots {
         }
         assert_eq!(rows(&eager, &keys), rows(&h, &keys));
     }
+}
+
+/// One header `trace: <value>`, encoded.
+fn trace(value: &str) -> Vec<u8> {
+    let mut h = Vec::new();
+    crate::headers::push(&mut h, b"trace", Some(value.as_bytes()));
+    h
+}
+
+/// `(value, trace header)` of each record of `buf`.
+fn with_trace(buf: &OutBuf) -> Vec<(String, Option<String>)> {
+    buf.iter_headed()
+        .map(|(_, _, v, h)| {
+            let t = crate::headers::iter(h)
+                .find(|(k, _)| *k == b"trace")
+                .map(|(_, v)| String::from_utf8(v.unwrap().to_vec()).unwrap());
+            (String::from_utf8(v.to_vec()).unwrap(), t)
+        })
+        .collect()
+}
+
+#[test]
+fn headers_follow_the_records_their_outputs_come_from() {
+    let (h1, h2, h3, hj) = (trace("1"), trace("2"), trace("3"), trace("junk"));
+    // Per event: each upsert carries its record's headers, a held record its own when
+    // released, a dead letter its record's.
+    let mut h = harness("");
+    h.feed_headed(&[
+        (r#"{"k":"a","seq":1,"n":1}"#, &h1),
+        (r#"{"k":"a","seq":3,"n":1}"#, &h3), // early: held
+        (r#"{"k":"a","seq":2,"n":1}"#, &h2), // releases 3
+        ("junk", &hj),
+        (r#"{"k":"b","seq":1,"n":1}"#, &[]),
+    ]);
+    let part = h.shard.barrier(1, None);
+    let t = |s: &str| Some(s.to_string());
+    assert_eq!(
+        with_trace(&part.outputs),
+        [
+            (r#"{"key":"a","version":1,"sum":1}"#.to_string(), t("1")),
+            (r#"{"key":"a","version":2,"sum":2}"#.to_string(), t("2")),
+            (r#"{"key":"a","version":3,"sum":3}"#.to_string(), t("3")),
+            (r#"{"key":"b","version":1,"sum":1}"#.to_string(), None),
+        ]
+    );
+    let dead = with_trace(&h.dead);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1, t("junk"));
+
+    // Per epoch: an upsert carries the headers of the key's last change in the epoch,
+    // none if that change had none, also when the key was rendered ahead in between.
+    let mut h = harness_emit("", "per_epoch");
+    h.feed_headed(&[
+        (r#"{"k":"a","seq":1,"n":1}"#, &h1),
+        (r#"{"k":"a","seq":2,"n":1}"#, &h2),
+        (r#"{"k":"b","seq":1,"n":1}"#, &h1),
+        (r#"{"k":"c","seq":1,"n":1}"#, &h1),
+    ]);
+    h.shard.render_ahead(usize::MAX);
+    h.feed_headed(&[
+        (r#"{"k":"b","seq":2,"n":1}"#, &[]),
+        (r#"{"k":"c","seq":2,"n":1}"#, &h3),
+    ]);
+    let part = h.shard.barrier(1, None);
+    let mut got = with_trace(&part.outputs);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (r#"{"key":"a","version":2,"sum":2}"#.to_string(), t("2")),
+            (r#"{"key":"b","version":2,"sum":2}"#.to_string(), None),
+            (r#"{"key":"c","version":2,"sum":2}"#.to_string(), t("3")),
+        ]
+    );
+    // The next epoch starts clean.
+    h.feed_headed(&[(r#"{"k":"a","seq":3,"n":1}"#, &[])]);
+    let part = h.shard.barrier(2, None);
+    assert_eq!(with_trace(&part.outputs)[0].1, None);
 }

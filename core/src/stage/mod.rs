@@ -87,6 +87,9 @@ pub struct Emit<'a> {
     /// The record as it was read (for stages that decode it themselves). For a part of a
     /// split record, still the whole stored record: upcasting is in the decoded values.
     pub raw: &'a [u8],
+    /// The record's headers, encoded ([`crate::headers`]; empty for none): every record
+    /// written through [`Emit::record`] or [`Emit::record_keyed`] carries them.
+    pub headers: &'a [u8],
     /// One buffer per [`Stage::outputs`] entry, in that order.
     pub(crate) outs: &'a mut [OutBuf],
     /// Partitions per output, in the same order.
@@ -120,6 +123,7 @@ impl<'a> Emit<'a> {
             target: crate::batch::RECORD,
             part: crate::batch::Part::WHOLE,
             raw: &[],
+            headers: &[],
             outs,
             partitions,
             enabled: true,
@@ -132,6 +136,12 @@ impl<'a> Emit<'a> {
         self
     }
 
+    /// The same, carrying the record's encoded headers ([`Emit::headers`]).
+    pub fn with_headers(mut self, headers: &'a [u8]) -> Self {
+        self.headers = headers;
+        self
+    }
+
     /// Appends a record to output `out` (an index into [`Stage::outputs`]) under the
     /// record's key; `write` writes the value. Does nothing while replaying.
     #[inline]
@@ -141,6 +151,7 @@ impl<'a> Emit<'a> {
         }
         let partition = bucket(self.key_hash, PARTITION_SALT, self.partitions[out]);
         self.outs[out].push_with(partition, self.key, write);
+        self.outs[out].set_headers(self.headers);
     }
 
     /// Appends a record to output `out` under a key of the stage's own (not the record's),
@@ -154,6 +165,7 @@ impl<'a> Emit<'a> {
         let hash = crate::hash::stable_hash(key);
         let partition = bucket(hash, PARTITION_SALT, self.partitions[out]);
         self.outs[out].push_with(partition, key, write);
+        self.outs[out].set_headers(self.headers);
     }
 
     /// Whether records are being written (false while replaying after a restart).
