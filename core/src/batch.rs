@@ -246,6 +246,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_event_and_an_output_record_stay_small() {
+        // One cache line per event: the headers are a length, their bytes in the arena.
+        assert_eq!(std::mem::size_of::<Event>(), 64);
+        assert_eq!(std::mem::size_of::<OutRec>(), 24);
+    }
+
+    #[test]
     fn json_text() {
         let mut out = Vec::new();
         write_json_str(&mut out, b"plain");
