@@ -40,8 +40,14 @@ pub const BATCH_EVENTS: usize = 256;
 const SHARD_QUEUE: usize = 64;
 /// Records read from one partition per pass.
 pub(crate) const READ_CHUNK: usize = 4096;
-/// How often an idle router looks for new committed input.
+/// How often an idle router looks for new committed input: first every `IDLE_POLL`, then,
+/// while nothing comes, less and less often (doubling) down to every `IDLE_POLL_MAX`.
+/// A steady stream keeps the router at the short step (its first event after a quiet
+/// spell waits at most `IDLE_POLL_MAX`, far below any commit interval); a quiet
+/// pipeline wakes 500 times a second instead of 4,000 (measured in docs/benchmarks.md,
+/// "Idle CPU").
 const IDLE_POLL: Duration = Duration::from_micros(250);
+const IDLE_POLL_MAX: Duration = Duration::from_millis(2);
 /// Keys an idle shard renders ahead of the barrier before it looks at its queue again.
 const RENDER_AHEAD_STEP: usize = 64;
 /// Entries a shard copies into a snapshot in progress after each batch (under load), and
@@ -893,6 +899,7 @@ fn route_loop(
     let mut epoch_records = 0u64;
     let mut deadline = Instant::now() + p.commit_interval;
     let mut last_refresh = Instant::now();
+    let mut idle_step = IDLE_POLL;
     let mut o = Outcomes::default();
     let mut until_end = opts.until_end;
 
@@ -1114,8 +1121,12 @@ fn route_loop(
                     }
             });
             if !more {
-                std::thread::sleep(IDLE_POLL);
+                // Never past the barrier's deadline: epochs keep their cadence.
+                std::thread::sleep(idle_step.min(deadline.saturating_duration_since(now)));
+                idle_step = (idle_step * 2).min(IDLE_POLL_MAX);
             }
+        } else {
+            idle_step = IDLE_POLL;
         }
     }
 }
