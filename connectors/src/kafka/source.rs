@@ -49,10 +49,17 @@
 //! - **Start**: every partition from offset 0 until a seek, like the embedded log, and
 //!   `auto.offset.reset=error`: an offset the broker no longer has (retention) is an
 //!   error, never a silent jump to another offset.
-//! - **Memory**: librdkafka prefetches into each partition's queue up to
-//!   `queued.max.messages.kbytes` (64 MiB by default) and `queued.min.messages`:
-//!   with split queues these bounds apply per partition, not per consumer. Lower them
-//!   through the connection's properties for topics with many partitions.
+//! - **Memory**: librdkafka prefetches into each partition's queue until it holds
+//!   `queued.max.messages.kbytes` of record bytes or `queued.min.messages` records
+//!   (100,000); with split queues these bounds apply per partition, not per consumer.
+//!   onceflow sets `queued.max.messages.kbytes` to 4096 (4 MiB; librdkafka's default is
+//!   64 MiB, which many partitions multiply) unless the connection's properties set it.
+//!   Not lower, because librdkafka also caps `fetch.max.bytes` at it: draining a
+//!   6-partition backlog on the test broker, peak RSS was 446 MB at 64 MiB, 305 MB at
+//!   4 MiB and 154 MB at 1 MiB (85-byte records) at the same drain rate, but 1 MiB
+//!   halved the drain rate of 1 KB records (docs/benchmarks.md). A small record costs
+//!   several times its bytes (librdkafka's overhead, not counted by the bound): for many
+//!   partitions of small records lower `queued.min.messages` too.
 //! - **Errors** are [`InputError::Other`], naming the brokers, the topic and the
 //!   partition. Connection problems that librdkafka retries by itself (a broker down,
 //!   a timeout) are not errors: reads return nothing meanwhile, and the last such
@@ -234,6 +241,17 @@ impl KafkaInput {
                 conn.properties
                     .get("fetch.queue.backoff.ms")
                     .map_or("10", String::as_str),
+            )
+            // Each partition's prefetch queue (split queues: the bound is per
+            // partition) holds 4 MiB instead of 64 MiB; librdkafka also caps
+            // `fetch.max.bytes` at it. Measured: peak RSS 446 → 305 MB draining 6
+            // partitions, same drain rate; 1 MiB halved it with 1 KB records
+            // (docs/benchmarks.md, "Kafka source memory under a backlog").
+            .set(
+                "queued.max.messages.kbytes",
+                conn.properties
+                    .get("queued.max.messages.kbytes")
+                    .map_or("4096", String::as_str),
             )
             // Quiet: problems come back as errors or through `last_client_error`.
             .set_log_level(RDKafkaLogLevel::Emerg);
