@@ -281,9 +281,7 @@ impl<'a> Val<'a> {
         match self {
             Val::Null => out.push_str("null"),
             Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Val::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
+            Val::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
             Val::Double(d) => {
                 let _ = write!(out, "{d}");
             }
