@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::write_json_str;
 use crate::config::{FieldPath, ProjectionsConfig, projection_slots as slots};
+use crate::decode::Value;
 use crate::expr::{Env, Slot, Type, Val};
 use crate::stats::DeadReason;
 
@@ -93,6 +94,17 @@ impl Env for RowEnv<'_> {
                 .get((s - slots::ROW) as usize)
                 .map(Val::reborrow)
         }
+    }
+}
+
+/// The bytes of the record's type field, if it is a string. Compared with the handlers'
+/// `types` as bytes: no UTF-8 check per delivery (bytes that are not UTF-8 equal no type
+/// name, as before).
+#[inline]
+fn type_bytes<'a>(ev: &EventView<'a>, slot: usize) -> Option<&'a [u8]> {
+    match ev.values[slot] {
+        Value::Str(start, len) => ev.arena.get(start as usize..(start + len) as usize),
+        _ => None,
     }
 }
 
@@ -174,7 +186,7 @@ impl Projections {
         // hot path
         let p = &self.cfg.list[pi];
         let c = &self.compiled[pi].0;
-        let ty = ev.str(ev.values[self.type_slot]);
+        let ty = type_bytes(&ev, self.type_slot);
         let env = RowEnv {
             fields: &c.defaults,
             key: b"",
@@ -189,7 +201,8 @@ impl Projections {
         let mut set: SmallVec<[Option<Val<'_>>; 8]> = SmallVec::from_elem(None, p.fields.len());
         let mut matched = false;
         for h in &p.on {
-            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x == t)) {
+            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x.as_bytes() == t))
+            {
                 continue;
             }
             if let Some(w) = &h.when
@@ -387,7 +400,7 @@ impl Stage for Projections {
         }
         let c = &self.compiled[row.projection as usize].0;
         let key = &emit.key[PREFIX..];
-        let ty = ev.str(ev.values[self.type_slot]);
+        let ty = type_bytes(&ev, self.type_slot);
         let refused = |what: &str, src: &str, e: &dyn std::fmt::Display| Refused {
             reason: DeadReason::Logic,
             detail: format!(
@@ -407,7 +420,8 @@ impl Stage for Projections {
             }
         };
         for (h, is_key) in p.on.iter().zip(&c.is_key) {
-            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x == t)) {
+            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x.as_bytes() == t))
+            {
                 continue;
             }
             let mut these: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
