@@ -355,7 +355,7 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
             }
         };
         // ASCII: character offsets are byte offsets.
-        let text = std::str::from_utf8(&buf[..len]).expect("ASCII");
+        let text = &buf[..len];
         let mut vals: [Val<'a>; 3] = Default::default();
         for (slot, a) in vals[1..].iter_mut().zip(args.iter()) {
             *slot = self.eval(a)?;
@@ -367,10 +367,11 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
             [Val::Int(a), Val::Int(b)] => (*a, *b),
             _ => (-1, -1),
         };
+        let ascii = |b: &[u8]| std::str::from_utf8(b).expect("ASCII").to_owned();
         if 0 <= start && start <= end && end <= len {
-            return Ok(Val::string(&text[start as usize..end as usize]));
+            return Ok(Val::string(ascii(&text[start as usize..end as usize])));
         }
-        vals[0] = Val::string(text);
+        vals[0] = Val::string(ascii(text));
         functions::call(functions::Func::Substring, &mut vals[..n]).map_err(|m| self.fail(span, m))
     }
 
