@@ -14,6 +14,9 @@ use onceflow_core::expr::{Env, MapScope, Program, Slot, Type, Val, compile};
 const GUARD: &str = "state.balance >= cmd.data.amount && state.status == 'open'";
 const COMPUTED: &str = "state.balance - cmd.data.amount";
 const KEY: &str = "event.data.account + ':' + string(timestamp_ms(event.ts)).substring(0, 10)";
+/// The shape of the bank's transaction history key (a zero-padded version).
+const PADDED_KEY: &str =
+    "event.data.account + '/' + string(state.balance + 1000000000).substring(1)";
 
 /// The fields of one record as the decoder leaves them: values by slot, strings in an
 /// arena.
@@ -70,9 +73,11 @@ fn bench(c: &mut Criterion) {
     let guard = program(GUARD);
     let computed = program(COMPUTED);
     let key = program(KEY);
+    let padded_key = program(PADDED_KEY);
     assert_eq!(guard.eval_bool(&env), Ok(true));
     assert_eq!(computed.eval(&env), Ok(Val::Int(123_206)));
     assert_eq!(key.eval(&env), Ok(Val::str("ACC-0000042:2024-01-31")));
+    assert_eq!(padded_key.eval(&env), Ok(Val::str("ACC-0000042/000123456")));
 
     let mut g = c.benchmark_group("expr");
     g.bench_function("guard_balance_ge_amount_and_open", |b| {
@@ -93,6 +98,12 @@ fn bench(c: &mut Criterion) {
                 .expect("key evaluates")
                 .write_json(&mut out);
             out.len()
+        })
+    });
+    g.bench_function("key_account_and_padded_int", |b| {
+        b.iter(|| match black_box(&padded_key).eval(black_box(&env)) {
+            Ok(Val::Str(s)) => s.len(),
+            _ => unreachable!(),
         })
     });
     g.bench_function("compile_guard", |b| {

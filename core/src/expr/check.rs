@@ -257,7 +257,9 @@ impl<'s, S: Scope + ?Sized> Checker<'s, S> {
                     (Type::Bool, Type::Bool) => Operands::Bool,
                     _ => Operands::Other,
                 };
-                self.fold(Node::Bin(op, Box::new(an), Box::new(bn), span, operands), t)
+                let (node, t) =
+                    self.fold(Node::Bin(op, Box::new(an), Box::new(bn), span, operands), t);
+                (concat(node), t)
             }
             Err(msg) => self.error(op_span, msg),
         }
@@ -373,7 +375,8 @@ impl<'s, S: Scope + ?Sized> Checker<'s, S> {
                 Type::Bool,
             );
         }
-        self.fold(Node::Call(spec.func, nodes.into_boxed_slice(), span), ty)
+        let (node, ty) = self.fold(Node::Call(spec.func, nodes.into_boxed_slice(), span), ty);
+        (sub_text(node), ty)
     }
 
     fn macro_call(
@@ -545,6 +548,42 @@ fn path_of(e: &Expr) -> Option<Vec<(&str, Span)>> {
         }
         _ => None,
     }
+}
+
+/// `a + b` of two static strings (left unfolded) as a [`Node::Concat`], joined with the
+/// parts of `a` when `a` is one already: `a + b + c` builds its result once.
+fn concat(node: Node) -> Node {
+    match node {
+        Node::Bin(Op::Add, a, b, span, Operands::Str) => {
+            let mut parts = match *a {
+                Node::Concat(parts) => parts.into_vec(),
+                // The first part's span is never used.
+                a => vec![(a, span)],
+            };
+            parts.push((*b, span));
+            Node::Concat(parts.into_boxed_slice())
+        }
+        other => other,
+    }
+}
+
+/// `string(x).substring(...)` (left unfolded) as a [`Node::SubText`].
+fn sub_text(node: Node) -> Node {
+    match node {
+        Node::Call(Func::Substring, args, span) if is_string_call(args.first()) => {
+            let mut args = args.into_vec();
+            let Node::Call(_, inner, inner_span) = args.remove(0) else {
+                unreachable!("matched above")
+            };
+            let inner = inner.into_vec().pop().expect("one argument");
+            Node::SubText(Box::new(inner), inner_span, args.into_boxed_slice(), span)
+        }
+        other => other,
+    }
+}
+
+fn is_string_call(node: Option<&Node>) -> bool {
+    matches!(node, Some(Node::Call(Func::String, inner, _)) if inner.len() == 1)
 }
 
 fn inputs_const(node: &Node) -> bool {

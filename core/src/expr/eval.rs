@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::functions::{self, Func};
 use super::value::{Val, map_get};
 use super::{Env, EvalError, Slot, Span, char_column};
@@ -92,6 +94,13 @@ pub(crate) enum Node {
     Call(Func, Box<[Node]>, Span),
     /// `s.matches('literal')`, the regex compiled once.
     Matches(Box<Node>, Box<regex::Regex>, Span),
+    /// `a + b + c ...` of static strings, built with one allocation. Each part after
+    /// the first carries the span of the `+` that added it (for its errors).
+    Concat(Box<[(Node, Span)]>),
+    /// `string(x).substring(a)` or `string(x).substring(a, b)`: for a timestamp or an
+    /// int, the text is written on the stack and only the substring is allocated. The
+    /// spans are those of the `string()` call and of the `substring()` call.
+    SubText(Box<Node>, Span, Box<[Node]>, Span),
     Loop(Box<Loop>),
 }
 
@@ -106,6 +115,33 @@ pub(crate) struct Loop {
     /// `map`'s transform.
     pub body: Option<Node>,
     pub span: Span,
+}
+
+/// Strings joined into one allocation of `total` bytes (or appended to the first one
+/// when it is a computed string already).
+fn join_strs<'a>(mut vals: SmallVec<[Val<'a>; 4]>, total: usize) -> Val<'a> {
+    if vals.len() == 1 {
+        return vals.pop().expect("one value");
+    }
+    let mut rest = vals.drain(..);
+    let mut out = match rest.next() {
+        Some(Val::Str(Cow::Owned(mut s))) => {
+            s.reserve_exact(total - s.len());
+            s
+        }
+        Some(Val::Str(first)) => {
+            let mut s = String::with_capacity(total);
+            s.push_str(&first);
+            s
+        }
+        _ => String::new(),
+    };
+    for v in rest {
+        if let Val::Str(s) = v {
+            out.push_str(&s);
+        }
+    }
+    Val::Str(Cow::Owned(out))
 }
 
 impl Node {
@@ -251,7 +287,103 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
                 )),
             },
             Node::Loop(l) => self.comprehension(l),
+            Node::Concat(parts) => self.concat(parts),
+            Node::SubText(inner, inner_span, args, span) => {
+                self.sub_text(inner, *inner_span, args, *span)
+            }
         }
+    }
+
+    /// [`Node::Concat`]: the same result and the same errors as the chain of `+` it
+    /// replaces, evaluated left to right.
+    fn concat(&mut self, parts: &'a [(Node, Span)]) -> R<'a> {
+        // hot path
+        let mut vals: SmallVec<[Val<'a>; 4]> = SmallVec::new();
+        let mut total = 0usize;
+        for (i, (node, span)) in parts.iter().enumerate() {
+            let v = self.eval(node)?;
+            if let Val::Str(s) = &v {
+                total += s.len();
+                if i > 0 {
+                    functions::check_built(total, "'+'").map_err(|m| self.fail(*span, m))?;
+                }
+                vals.push(v);
+                continue;
+            }
+            // Not a string after all (a dynamic value): the rest goes pair by pair, as
+            // the `+` nodes would have.
+            let mut acc = if vals.is_empty() {
+                v
+            } else {
+                let joined = join_strs(vals, total);
+                self.binary(Op::Add, joined, v, *span)?
+            };
+            for (node, span) in &parts[i + 1..] {
+                let v = self.eval(node)?;
+                acc = self.binary(Op::Add, acc, v, *span)?;
+            }
+            return Ok(acc);
+        }
+        Ok(join_strs(vals, total))
+    }
+
+    /// [`Node::SubText`]: `string(x)` then `substring`, with the text of a timestamp or
+    /// an int kept on the stack. Anything else, or an index out of range, takes the two
+    /// calls as written (which give the result or the error).
+    fn sub_text(
+        &mut self,
+        inner: &'a Node,
+        inner_span: Span,
+        args: &'a [Node],
+        span: Span,
+    ) -> R<'a> {
+        // hot path
+        let v = self.eval(inner)?;
+        let (buf, len) = match v {
+            Val::Timestamp(t) => super::time::timestamp_text(t),
+            Val::Int(i) => {
+                let mut buf = [0u8; 32];
+                let mut ib = itoa::Buffer::new();
+                let text = ib.format(i).as_bytes();
+                buf[..text.len()].copy_from_slice(text);
+                (buf, text.len())
+            }
+            other => {
+                let s = functions::call(functions::Func::String, &mut [other])
+                    .map_err(|m| self.fail(inner_span, m))?;
+                return self.substring(s, args, span);
+            }
+        };
+        // ASCII: character offsets are byte offsets.
+        let text = &buf[..len];
+        let mut vals: [Val<'a>; 3] = Default::default();
+        for (slot, a) in vals[1..].iter_mut().zip(args.iter()) {
+            *slot = self.eval(a)?;
+        }
+        let n = 1 + args.len().min(2);
+        let len = len as i64;
+        let (start, end) = match &vals[1..n] {
+            [Val::Int(a)] => (*a, len),
+            [Val::Int(a), Val::Int(b)] => (*a, *b),
+            _ => (-1, -1),
+        };
+        let ascii = |b: &[u8]| std::str::from_utf8(b).expect("ASCII").to_owned();
+        if 0 <= start && start <= end && end <= len {
+            return Ok(Val::string(ascii(&text[start as usize..end as usize])));
+        }
+        vals[0] = Val::string(ascii(text));
+        functions::call(functions::Func::Substring, &mut vals[..n]).map_err(|m| self.fail(span, m))
+    }
+
+    /// `s.substring(args...)` through the general call.
+    fn substring(&mut self, s: Val<'a>, args: &'a [Node], span: Span) -> R<'a> {
+        let mut vals: [Val<'a>; 3] = Default::default();
+        vals[0] = s;
+        for (slot, a) in vals[1..].iter_mut().zip(args.iter()) {
+            *slot = self.eval(a)?;
+        }
+        let n = 1 + args.len().min(2);
+        functions::call(functions::Func::Substring, &mut vals[..n]).map_err(|m| self.fail(span, m))
     }
 
     /// Like `eval`, but an absent variable or map key along a field path is `None`.

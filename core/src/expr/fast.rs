@@ -1,5 +1,6 @@
 //! Typed fast paths of the evaluator for the shapes guards and computed fields take:
-//! int arithmetic and comparisons, string equality, `&&` `||` `!` `?:` over those.
+//! int arithmetic and comparisons, string equality, a string `in` a constant list,
+//! `has()` of a variable, `&&` `||` `!` `?:` over those.
 //!
 //! Each returns `None` for anything else, and also whenever something goes wrong
 //! (a missing field, an overflow, a value of another type than declared): the caller
@@ -62,6 +63,16 @@ impl<'a, E: Env + ?Sized> Cx<'a, E> {
                 let eq = self.fast_str(a)? == self.fast_str(b)?;
                 Some(eq == (*op == Op::Eq))
             }
+            Node::HasSlot(slot) => Some(self.env.get(*slot).is_some()),
+            // `x in ['a', 'b']`: a string in a constant list (CEL equality of a string
+            // with anything is string equality, or false for another type).
+            Node::Bin(Op::In, a, b, _, _) => match b.as_const()? {
+                Val::List(items) => {
+                    let s = self.fast_str(a)?;
+                    Some(items.iter().any(|x| matches!(x, Val::Str(y) if y == s)))
+                }
+                _ => None,
+            },
             Node::Bin(op @ (Op::Eq | Op::Ne), a, b, _, Operands::Bool) => {
                 let eq = self.fast_bool(a)? == self.fast_bool(b)?;
                 Some(eq == (*op == Op::Eq))

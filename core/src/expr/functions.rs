@@ -285,9 +285,13 @@ pub(crate) fn type_list(types: impl IntoIterator<Item = T>) -> String {
     format!("({})", names.join(", "))
 }
 
-fn no_overload(name: &str, args: &[Val<'_>]) -> String {
+/// Only on failure: finding the name is a search of [`SPECS`].
+#[cold]
+#[inline(never)]
+fn no_overload(f: Func, args: &[Val<'_>]) -> String {
     format!(
-        "no overload of '{name}' for {}",
+        "no overload of '{}' for {}",
+        func_name(f),
         type_list(args.iter().map(Val::type_of))
     )
 }
@@ -342,7 +346,6 @@ pub(crate) fn check_built(len: usize, what: &str) -> Result<(), String> {
 /// Calls `f` on evaluated arguments (the receiver first). `args` is consumed.
 pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String> {
     use Val::*;
-    let name = func_name(f);
     let args_ref: &[Val<'a>] = args;
     let result = match (f, args_ref) {
         (Func::Size, [Str(s)]) => Int(s.chars().count() as i64),
@@ -373,7 +376,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
                     return Err(format!("substring: end {b} is before start {a}"));
                 }
                 [Int(b)] => char_offset(s, *b, "substring")?,
-                _ => return Err(no_overload(name, args)),
+                _ => return Err(no_overload(f, args)),
             };
             let Str(s) = std::mem::take(&mut args[0]) else {
                 unreachable!()
@@ -384,7 +387,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
             let from_char = match rest {
                 [] => 0,
                 [Int(i)] => *i,
-                _ => return Err(no_overload(name, args)),
+                _ => return Err(no_overload(f, args)),
             };
             let from = char_offset(s, from_char, "indexOf")?;
             match s[from..].find(p.as_ref()) {
@@ -396,7 +399,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
             let limit = match rest {
                 [] => usize::MAX,
                 [Int(n)] => usize::try_from(*n).unwrap_or(usize::MAX),
-                _ => return Err(no_overload(name, args)),
+                _ => return Err(no_overload(f, args)),
             };
             let found = if old.is_empty() {
                 s.chars().count() + 1
@@ -417,7 +420,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
                 [] => usize::MAX,
                 [Int(n)] if *n < 0 => usize::MAX,
                 [Int(n)] => usize::try_from(*n).unwrap_or(usize::MAX),
-                _ => return Err(no_overload(name, args)),
+                _ => return Err(no_overload(f, args)),
             };
             let sep = sep.to_string();
             let Str(s) = std::mem::take(&mut args[0]) else {
@@ -457,7 +460,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
             let sep = match rest {
                 [] => "",
                 [Str(sep)] => sep.as_ref(),
-                _ => return Err(no_overload(name, args)),
+                _ => return Err(no_overload(f, args)),
             };
             let mut out = String::new();
             for (i, v) in items.iter().enumerate() {
@@ -488,7 +491,7 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
         (Func::String, [v]) => {
             let mut out = String::with_capacity(32);
             if !v.write_text(&mut out) {
-                return Err(no_overload(name, args));
+                return Err(no_overload(f, args));
             }
             Str(Cow::Owned(out))
         }
@@ -516,9 +519,9 @@ pub(crate) fn call<'a>(f: Func, args: &mut [Val<'a>]) -> Result<Val<'a>, String>
             Field::Minutes => d / 60_000_000_000,
             Field::Seconds => d / 1_000_000_000,
             Field::Milliseconds => d / 1_000_000,
-            _ => return Err(no_overload(name, args)),
+            _ => return Err(no_overload(f, args)),
         }),
-        _ => return Err(no_overload(name, args)),
+        _ => return Err(no_overload(f, args)),
     };
     Ok(result)
 }

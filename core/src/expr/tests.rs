@@ -1005,3 +1005,168 @@ fn map_with_and_without() {
     assert!(err("{'a': 1}.with([1], 2)").contains("a map key is a string, int or bool"));
     assert!(!cerr("[1].with('a', 2)").is_empty());
 }
+
+/// Evaluates `src` and `reference` (the same computation with one operand `v` written
+/// `[v][0]`, so that the compiler keeps the general nodes) against `e`: the results, or
+/// the error messages (which quote the source), agree.
+#[track_caller]
+fn same_as(src: &str, reference: &str, e: &MapEnv) {
+    let sc = scope();
+    let a = compile(src, &sc).unwrap().eval(e).map(Val::into_owned);
+    let b = compile(reference, &sc)
+        .unwrap()
+        .eval(e)
+        .map(Val::into_owned);
+    let unwrap = |m: &str| {
+        let (Some(open), Some(close)) = (reference.find('['), reference.find("][0]")) else {
+            return m.to_string();
+        };
+        let v = &reference[open + 1..close];
+        m.replace(&format!("[{v}][0]"), v)
+    };
+    assert_eq!(
+        a.as_ref().map_err(|e| e.message.clone()),
+        b.as_ref().map_err(|e| unwrap(&e.message)),
+        "{src} vs {reference}"
+    );
+}
+
+#[test]
+fn string_then_substring_is_the_two_calls() {
+    let mut e = env();
+    let sc = scope();
+    is("string(t).substring(0, 7)", s("2024-01"));
+    is("string(t).substring(0, 10)", s("2024-01-31"));
+    is(
+        "string(timestamp_ms(event.ts)).substring(11)",
+        s("12:00:00.123Z"),
+    );
+    is("string(n + 1000).substring(1)", s("007"));
+    // Every receiver type and arguments in and out of range, constant and not.
+    for x_val in [Val::str("dyn"), Val::list(vec![]), Val::Int(12)] {
+        e.set(sc.slot("x").unwrap(), x_val);
+        for x in [
+            "t",
+            "n",
+            "d",
+            "s",
+            "x",
+            "flag",
+            "absent",
+            "timestamp_ms(event.ts)",
+        ] {
+            for args in [
+                "0, 7",
+                "0, 10",
+                "5",
+                "0",
+                "0, 0",
+                "24",
+                "0, 24",
+                "0, 25",
+                "25",
+                "-1",
+                "3, 2",
+                "0, n",
+                "n",
+                "0, x",
+                "x",
+                "0, absent",
+                "1, 1 / 0",
+            ] {
+                same_as(
+                    &format!("string({x}).substring({args})"),
+                    &format!("[string({x})][0].substring({args})"),
+                    &e,
+                );
+            }
+        }
+    }
+    e.set(sc.slot("n").unwrap(), Val::Int(i64::MIN));
+    same_as("string(n).substring(1)", "[string(n)][0].substring(1)", &e);
+    // The errors point where the two calls did.
+    e.set(sc.slot("x").unwrap(), Val::list(vec![]));
+    let p = compile("string(x).substring(1)", &sc).unwrap();
+    assert_eq!(p.eval(&e).unwrap_err().column, 1);
+    let p = compile("string(t).substring(0, 99)", &sc).unwrap();
+    let err = p.eval(&e).unwrap_err();
+    assert_eq!(err.column, 1);
+    assert!(err.message.contains("out of range"), "{}", err.message);
+}
+
+#[test]
+fn string_concatenation_is_the_chain_of_plus() {
+    let sc = scope();
+    let mut e = env();
+    is(
+        "event.data.account + ':' + string(t).substring(0, 7) + '/' + s",
+        s("ACC-1:2024-01/Hello, wörld"),
+    );
+    same_as("s + ':' + s", "[s][0] + ':' + s", &e);
+    // Declared strings holding other values at run time: as the `+` nodes would do.
+    for (status, account) in [
+        (Val::Int(2), Val::Int(3)),
+        (Val::Int(2), Val::str("b")),
+        (Val::str("a"), Val::Int(3)),
+        (Val::Int(i64::MAX), Val::Int(1)),
+        (Val::str("a"), Val::list(vec![])),
+    ] {
+        e.set(sc.slot("state.status").unwrap(), status);
+        e.set(sc.slot("event.data.account").unwrap(), account);
+        for src in [
+            "state.status + event.data.account",
+            "state.status + event.data.account + s",
+            "s + state.status + event.data.account",
+            "s + event.data.account + s + s",
+            "s + ':' + event.data.account + string(1 / 0)",
+        ] {
+            let reference = src.replacen("state.status", "[state.status][0]", 1);
+            let reference = if reference == src {
+                src.replacen("s +", "[s][0] +", 1)
+            } else {
+                reference
+            };
+            same_as(src, &reference, &e);
+        }
+    }
+    // The size limit applies to each step, with the step's span.
+    let big = "x".repeat(400_000);
+    e.set(sc.slot("s").unwrap(), Val::str(&big));
+    same_as("s + s + s + ':'", "[s][0] + s + s + ':'", &e);
+    let p = compile("s + s + s + ':'", &sc).unwrap();
+    let err = p.eval(&e).unwrap_err();
+    assert_eq!(err.column, 1);
+    assert!(
+        err.message.contains("result too large (1200000"),
+        "{}",
+        err.message
+    );
+    same_as("s + s", "[s][0] + s", &e);
+}
+
+#[test]
+fn fast_membership_and_has() {
+    let sc = scope();
+    let mut e = env();
+    for (src, want) in [
+        ("state.status in ['open', 'closed']", true),
+        ("state.status in ['x', 1, true]", false),
+        ("state.status in ['x', 1, 'open']", true),
+        ("state.status in []", false),
+        ("!(state.status in ['closed'])", true),
+        ("has(state.status) && has(cmd.data.amount)", true),
+    ] {
+        let p = compile(src, &sc).unwrap();
+        assert_eq!(p.eval_bool(&e), Ok(want), "{src}");
+    }
+    // A declared string holding an int: the general path (CEL equality of numbers).
+    e.set(sc.slot("state.status").unwrap(), Val::Int(1));
+    let p = compile("state.status in ['x', 1.0]", &sc).unwrap();
+    assert_eq!(p.eval_bool(&e), Ok(true));
+    e.unset(sc.slot("state.status").unwrap());
+    let p = compile("state.status in ['x']", &sc).unwrap();
+    assert_eq!(
+        p.eval_bool(&e).unwrap_err().message,
+        "missing field state.status"
+    );
+}

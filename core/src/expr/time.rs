@@ -125,22 +125,14 @@ pub(crate) fn format_timestamp(ns: i64, out: &mut String) {
 /// RFC 3339 in UTC with the fraction trimmed, as ASCII bytes: `(buffer, length)`. Built on
 /// the stack, so writing a timestamp allocates nothing.
 pub(crate) fn timestamp_text(ns: i64) -> ([u8; 32], usize) {
+    // hot path
     let secs = ns.div_euclid(NS);
     let frac = ns.rem_euclid(NS);
-    let (y, m, d) = civil_from_days(secs.div_euclid(DAY_S));
     let sod = secs.rem_euclid(DAY_S);
     let mut b = [0u8; 32];
-    // Years are 1677 to 2262: always four digits.
-    put2(&mut b[0..2], y / 100);
-    put2(&mut b[2..4], y % 100);
-    let mut at = 4;
-    for (sep, n) in [
-        (b'-', m),
-        (b'-', d),
-        (b'T', sod / 3600),
-        (b':', sod / 60 % 60),
-        (b':', sod % 60),
-    ] {
+    b[..10].copy_from_slice(&date_text(secs.div_euclid(DAY_S)));
+    let mut at = 10;
+    for (sep, n) in [(b'T', sod / 3600), (b':', sod / 60 % 60), (b':', sod % 60)] {
         b[at] = sep;
         put2(&mut b[at + 1..at + 3], n);
         at += 3;
@@ -148,6 +140,36 @@ pub(crate) fn timestamp_text(ns: i64) -> ([u8; 32], usize) {
     at += put_fraction(frac as u64, &mut b[at..]);
     b[at] = b'Z';
     (b, at + 1)
+}
+
+thread_local! {
+    /// The day [`date_text`] formatted last on this thread, and its text: the events of
+    /// a stream mostly share their day with the one before.
+    static LAST_DATE: std::cell::Cell<(i64, [u8; 10])> =
+        const { std::cell::Cell::new((i64::MIN, [0; 10])) };
+}
+
+/// `YYYY-MM-DD` of a day since the Unix epoch (years 1677 to 2262: four digits).
+fn date_text(days: i64) -> [u8; 10] {
+    LAST_DATE.with(|last| {
+        let (day, text) = last.get();
+        if day == days {
+            return text;
+        }
+        let text = civil_date_text(days);
+        last.set((days, text));
+        text
+    })
+}
+
+fn civil_date_text(days: i64) -> [u8; 10] {
+    let (y, m, d) = civil_from_days(days);
+    let mut b = [b'-'; 10];
+    put2(&mut b[0..2], y / 100);
+    put2(&mut b[2..4], y % 100);
+    put2(&mut b[5..7], m);
+    put2(&mut b[8..10], d);
+    b
 }
 
 /// `.5`, `.000001`: nothing for 0. Returns the bytes written (at most 10).
@@ -311,6 +333,21 @@ mod tests {
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(days_from_civil(2000, 2, 29)), (2000, 2, 29));
+    }
+
+    #[test]
+    fn dates_alternating_on_one_thread_are_each_right() {
+        // The last formatted day is remembered per thread: alternate days and times of
+        // day and compare each with the date computed afresh.
+        let t = parse_timestamp("2026-01-31T23:59:59.5Z").unwrap();
+        for i in 0..2000i64 {
+            let ns = t + (i % 3 - 1) * 3_600 * NS + (i / 7) * 86_399 * NS + i;
+            let (buf, len) = timestamp_text(ns);
+            let text = std::str::from_utf8(&buf[..len]).unwrap();
+            let days = ns.div_euclid(NS).div_euclid(DAY_S);
+            assert_eq!(text.as_bytes()[..10], civil_date_text(days), "{text}");
+            assert_eq!(parse_timestamp(text).unwrap(), ns, "{text}");
+        }
     }
 
     #[test]

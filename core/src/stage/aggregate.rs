@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use smallvec::SmallVec;
 
@@ -52,10 +51,23 @@ pub struct Aggregate {
     id_slot: usize,
     correlation_slot: usize,
     expected_version_slot: usize,
-    handlers: HashMap<String, usize>,
+    handlers: HashMap<String, usize, foldhash::fast::FixedState>,
     defaults: Box<[Val<'static>]>,
     /// `"name":` of each state field, rendered once.
     prefixes: Vec<Box<[u8]>>,
+    /// The aggregate's name as a JSON string, rendered once.
+    name_json: Box<[u8]>,
+    /// Per event type (indexed like `cfg.events`): its name as a JSON string, and
+    /// `"field":` of each data field, rendered once.
+    event_json: Vec<(Box<[u8]>, Vec<Box<[u8]>>)>,
+}
+
+/// `s` as a JSON string, then `suffix`.
+fn json_text(s: &str, suffix: &[u8]) -> Box<[u8]> {
+    let mut b = Vec::with_capacity(s.len() + 2 + suffix.len());
+    write_json_str(&mut b, s.as_bytes());
+    b.extend_from_slice(suffix);
+    b.into()
 }
 
 /// A refusal: the command is rejected with this reason and message.
@@ -105,14 +117,14 @@ impl Aggregate {
                 .map(|(i, h)| (h.name.clone(), i))
                 .collect(),
             defaults: defaults.into(),
-            prefixes: cfg
-                .state
+            prefixes: cfg.state.iter().map(|f| json_text(&f.name, b":")).collect(),
+            name_json: json_text(&cfg.name, b""),
+            event_json: cfg
+                .events
                 .iter()
-                .map(|f| {
-                    let mut p = Vec::new();
-                    write_json_str(&mut p, f.name.as_bytes());
-                    p.push(b':');
-                    p.into()
+                .map(|et| {
+                    let fields = et.fields.iter().map(|(n, _)| json_text(n, b":")).collect();
+                    (json_text(&et.name, b""), fields)
                 })
                 .collect(),
             cfg: cfg.clone(),
@@ -380,19 +392,21 @@ impl Aggregate {
         out: &mut Vec<u8>,
     ) {
         let et = &self.cfg.events[p.event];
+        let (type_json, field_json) = &self.event_json[p.event];
         let mut id = String::with_capacity(command_id.len() + 4);
-        let _ = write!(id, "{command_id}:{index}");
+        id.push_str(command_id);
+        id.push(':');
+        id.push_str(itoa::Buffer::new().format(index));
         let data = |out: &mut Vec<u8>| {
             out.push(b'{');
             let mut first = true;
-            for ((name, _), v) in et.fields.iter().zip(&p.data) {
+            for (prefix, v) in field_json.iter().zip(&p.data) {
                 let Some(v) = v else { continue };
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                write_json_str(out, name.as_bytes());
-                out.push(b':');
+                out.extend_from_slice(prefix);
                 v.write_json(out);
             }
             out.push(b'}');
@@ -416,9 +430,9 @@ impl Aggregate {
         out.extend_from_slice(b"{\"event_id\":");
         write_json_str(out, id.as_bytes());
         out.extend_from_slice(b",\"type\":");
-        write_json_str(out, et.name.as_bytes());
+        out.extend_from_slice(type_json);
         out.extend_from_slice(b",\"aggregate\":");
-        write_json_str(out, self.cfg.name.as_bytes());
+        out.extend_from_slice(&self.name_json);
         out.extend_from_slice(b",\"aggregate_id\":");
         write_json_str(out, key.as_bytes());
         out.extend_from_slice(b",\"version\":");

@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::write_json_str;
 use crate::config::{FieldPath, ProjectionsConfig, projection_slots as slots};
+use crate::decode::Value;
 use crate::expr::{Env, Slot, Type, Val};
 use crate::stats::DeadReason;
 
@@ -38,6 +39,10 @@ struct Compiled {
     /// Rendered `"name":` per field.
     prefixes: Vec<Box<[u8]>>,
     defaults: Box<[Val<'static>]>,
+    /// Per handler, per `set` entry: the expression is the projection's `key` (the same
+    /// source, a string), so its value is the row key the router computed from this
+    /// very event: read it instead of evaluating again (e.g. a daily report's `day`).
+    is_key: Vec<Box<[bool]>>,
 }
 
 /// The stage, built from a checked pipeline.
@@ -69,7 +74,8 @@ impl Env for NoVars {
 
 struct RowEnv<'a> {
     fields: &'a [Val<'static>],
-    key: &'a str,
+    /// The row key (UTF-8 from the router; read as text only when an expression asks).
+    key: &'a [u8],
     ev: EventView<'a>,
     event_slots: &'a [usize],
 }
@@ -82,13 +88,29 @@ impl Env for RowEnv<'_> {
         if s >= slots::EVENT {
             self.ev.val(self.event_slots[(s - slots::EVENT) as usize])
         } else if s == slots::ROW_KEY {
-            Some(Val::str(self.key))
+            Some(Val::str(key_text(self.key)))
         } else {
             self.fields
                 .get((s - slots::ROW) as usize)
                 .map(Val::reborrow)
         }
     }
+}
+
+/// The bytes of the record's type field, if it is a string. Compared with the handlers'
+/// `types` as bytes: no UTF-8 check per delivery (bytes that are not UTF-8 equal no type
+/// name, as before).
+#[inline]
+fn type_bytes<'a>(ev: &EventView<'a>, slot: usize) -> Option<&'a [u8]> {
+    match ev.values[slot] {
+        Value::Str(start, len) => ev.arena.get(start as usize..(start + len) as usize),
+        _ => None,
+    }
+}
+
+/// A row key as text (`""` if it were not UTF-8, which the router never gives).
+fn key_text(key: &[u8]) -> &str {
+    std::str::from_utf8(key).unwrap_or("")
 }
 
 impl Projections {
@@ -124,6 +146,20 @@ impl Projections {
                     })
                     .collect(),
                 defaults: defaults.into(),
+                is_key: p
+                    .on
+                    .iter()
+                    .map(|h| {
+                        h.set
+                            .iter()
+                            .map(|(_, x)| {
+                                !p.insert_only
+                                    && p.key.program.result_type() == Type::String
+                                    && x.src.trim() == p.key.src.trim()
+                            })
+                            .collect()
+                    })
+                    .collect(),
             }));
         }
         Ok(Projections {
@@ -150,10 +186,10 @@ impl Projections {
         // hot path
         let p = &self.cfg.list[pi];
         let c = &self.compiled[pi].0;
-        let ty = ev.str(ev.values[self.type_slot]);
+        let ty = type_bytes(&ev, self.type_slot);
         let env = RowEnv {
             fields: &c.defaults,
-            key: "",
+            key: b"",
             ev,
             event_slots: &self.event_slots,
         };
@@ -165,7 +201,8 @@ impl Projections {
         let mut set: SmallVec<[Option<Val<'_>>; 8]> = SmallVec::from_elem(None, p.fields.len());
         let mut matched = false;
         for h in &p.on {
-            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x == t)) {
+            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x.as_bytes() == t))
+            {
                 continue;
             }
             if let Some(w) = &h.when
@@ -260,6 +297,26 @@ fn set_value<'e>(
     Ok(v)
 }
 
+/// A `set` expression that is the projection's key: the row key as its value, checked
+/// against the field's type as [`set_value`] checks an evaluated one.
+#[inline]
+fn key_value<'e>(
+    f: &crate::config::RowField,
+    x: &crate::config::Expr,
+    key: &'e [u8],
+    refused: &impl Fn(&str, &str, &dyn std::fmt::Display) -> Refused,
+) -> Result<Val<'e>, Refused> {
+    let v = Val::str(key_text(key));
+    if !type_fits(f.ty, &v) {
+        return Err(refused(
+            &format!("set {} ({})", f.name, f.ty),
+            &x.src,
+            &format!("gave {} {v}", v.type_of()),
+        ));
+    }
+    Ok(v)
+}
+
 /// A row key's bytes: a non-empty string, or an int in decimal (written into `int`).
 /// `Err` says what the value was instead.
 #[inline]
@@ -341,11 +398,16 @@ impl Stage for Projections {
         if p.insert_only {
             return self.insert(row.projection as usize, ev, emit);
         }
-        let key = std::str::from_utf8(&emit.key[PREFIX..]).unwrap_or("");
-        let ty = ev.str(ev.values[self.type_slot]);
+        let c = &self.compiled[row.projection as usize].0;
+        let key = &emit.key[PREFIX..];
+        let ty = type_bytes(&ev, self.type_slot);
         let refused = |what: &str, src: &str, e: &dyn std::fmt::Display| Refused {
             reason: DeadReason::Logic,
-            detail: format!("projection '{}' row '{key}': {what} `{src}`: {e}", p.name),
+            detail: format!(
+                "projection '{}' row '{}': {what} `{src}`: {e}",
+                p.name,
+                key_text(key)
+            ),
         };
         // Handlers apply in order, each reading the row as the previous ones left it; an
         // undo log restores the row if a later one fails (all or nothing).
@@ -357,8 +419,9 @@ impl Stage for Projections {
                 row.fields[i] = old;
             }
         };
-        for h in &p.on {
-            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x == t)) {
+        for (h, is_key) in p.on.iter().zip(&c.is_key) {
+            if !h.types.is_empty() && !ty.is_some_and(|t| h.types.iter().any(|x| x.as_bytes() == t))
+            {
                 continue;
             }
             let mut these: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
@@ -377,8 +440,12 @@ impl Stage for Projections {
                 {
                     return Ok(false);
                 }
-                for (i, x) in &h.set {
-                    let v = set_value(&p.fields[*i], x, &env, &refused)?;
+                for ((i, x), &is_key) in h.set.iter().zip(is_key.iter()) {
+                    let v = if is_key {
+                        key_value(&p.fields[*i], x, key, &refused)?
+                    } else {
+                        set_value(&p.fields[*i], x, &env, &refused)?
+                    };
                     // A field set to what it holds (an account's name, a row's day) keeps
                     // its value: no copy of it.
                     if v != env.fields[*i] {
