@@ -287,6 +287,17 @@ fn set_value<'e>(
         .program
         .eval(env)
         .map_err(|e| refused(&format!("set {}", f.name), &x.src, &e))?;
+    fitting(f, x, v, refused)
+}
+
+/// `v`, if it fits field `f`'s type; else why not.
+#[inline]
+fn fitting<'e>(
+    f: &crate::config::RowField,
+    x: &crate::config::Expr,
+    v: Val<'e>,
+    refused: &impl Fn(&str, &str, &dyn std::fmt::Display) -> Refused,
+) -> Result<Val<'e>, Refused> {
     if !type_fits(f.ty, &v) {
         return Err(refused(
             &format!("set {} ({})", f.name, f.ty),
@@ -306,15 +317,7 @@ fn key_value<'e>(
     key: &'e [u8],
     refused: &impl Fn(&str, &str, &dyn std::fmt::Display) -> Refused,
 ) -> Result<Val<'e>, Refused> {
-    let v = Val::str(key_text(key));
-    if !type_fits(f.ty, &v) {
-        return Err(refused(
-            &format!("set {} ({})", f.name, f.ty),
-            &x.src,
-            &format!("gave {} {v}", v.type_of()),
-        ));
-    }
-    Ok(v)
+    fitting(f, x, Val::str(key_text(key)), refused)
 }
 
 /// A row key's bytes: a non-empty string, or an int in decimal (written into `int`).
