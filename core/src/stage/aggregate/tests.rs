@@ -325,6 +325,54 @@ fn replay_without_outputs_reaches_the_same_state() {
 }
 
 #[test]
+fn events_and_rejections_carry_their_commands_headers() {
+    let (agg, ex) = setup();
+    let mut st = agg.new_state(b"A");
+    let mut outs = [OutBuf::default(), OutBuf::default()];
+    let lines = [
+        json(
+            "A",
+            &Cmd::Open {
+                owner: "Ada".into(),
+                currency: "EUR",
+            },
+            0,
+            1,
+        ),
+        json("A", &Cmd::Withdraw(80), 1, 2), // rejected: insufficient funds
+    ];
+    for (i, l) in lines.iter().enumerate() {
+        let mut headers = Vec::new();
+        crate::headers::push(
+            &mut headers,
+            b"traceparent",
+            Some(format!("tp-{i}").as_bytes()),
+        );
+        let mut arena = Vec::new();
+        let mut vals = vec![Value::Missing; ex.slots()];
+        ex.extract(l.as_bytes(), &mut arena, &mut vals).unwrap();
+        let mut emit =
+            Emit::new(b"A", "cmds", 0, i as u64, &mut outs, &[1, 1]).with_headers(&headers);
+        agg.apply(
+            &mut st,
+            EventView {
+                values: &vals,
+                arena: &arena,
+            },
+            &mut emit,
+        )
+        .unwrap();
+    }
+    let traces = |buf: &OutBuf| -> Vec<Vec<u8>> {
+        buf.iter_headed()
+            .map(|(_, _, _, h)| crate::headers::iter(h).next().unwrap().1.unwrap().to_vec())
+            .collect()
+    };
+    assert_eq!(traces(&outs[EVENTS]), [b"tp-0".to_vec()]);
+    assert_eq!(traces(&outs[REJECTIONS]), [b"tp-1".to_vec()]);
+}
+
+#[test]
 fn unknown_and_untyped_commands_are_refused_with_unknown_type() {
     let (agg, ex) = setup();
     for (line, want) in [
