@@ -28,13 +28,10 @@ use rdkafka::message::{Headers, Message};
 /// The header that marks binary mode.
 pub const CE_SPECVERSION: &str = "ce_specversion";
 
-/// Encodes the headers of `m` that outputs derived from it carry (all but `ce_*` and
-/// `content-type`, see the [module docs](self)) into `out`, as
+/// Encodes the headers of a record (`headers`) that outputs derived from it carry (all
+/// but `ce_*` and `content-type`, see the [module docs](self)) into `out`, as
 /// [`onceflow_core::headers`] encodes them. Writes nothing when none are carried.
-pub fn carried_headers<M: Message>(m: &M, out: &mut Vec<u8>) {
-    let Some(headers) = m.headers() else {
-        return;
-    };
+pub fn carried_headers<H: Headers>(headers: &H, out: &mut Vec<u8>) {
     for h in headers.iter() {
         if h.key.starts_with("ce_") || h.key.eq_ignore_ascii_case("content-type") {
             continue;

@@ -662,37 +662,29 @@ impl Append for Producing<'_> {
     }
 }
 
-/// An output record's headers: those of the input record it was derived from
-/// (`input`, encoded as in [`onceflow_core::headers`]), then onceflow's own (`own`),
-/// which replace an input header of the same name. A dead letter's `onceflow.*` headers
-/// replace every input header of that prefix (a dead letter replayed and dead-lettered
-/// again says only why it failed this time).
+/// An output record's headers: onceflow's own (`own`), then those of the input record
+/// it was derived from (`input`, encoded as in [`onceflow_core::headers`]) except the
+/// ones `own` names, which it replaces. A dead letter's `onceflow.*` headers replace
+/// every input header of that prefix (a dead letter replayed and dead-lettered again
+/// says only why it failed this time). One header list: the input's are appended to
+/// `own`'s.
 pub fn with_input_headers(
     input: &[u8],
     own: Option<OwnedHeaders>,
     dead_letter: bool,
 ) -> OwnedHeaders {
-    let own_count = own.as_ref().map_or(0, |o| o.count());
-    let mut h = OwnedHeaders::new_with_capacity(own_count + 4);
+    let mut h = own.unwrap_or_else(|| OwnedHeaders::new_with_capacity(4));
+    let own_count = h.count();
     for (k, v) in onceflow_core::headers::iter(input) {
         // Keys came from librdkafka as strings.
         let Ok(k) = std::str::from_utf8(k) else {
             continue;
         };
-        if (dead_letter && k.starts_with("onceflow."))
-            || own.as_ref().is_some_and(|o| o.iter().any(|x| x.key == k))
+        if (dead_letter && k.starts_with("onceflow.")) || (0..own_count).any(|i| h.get(i).key == k)
         {
             continue;
         }
         h = h.insert(Header { key: k, value: v });
-    }
-    if let Some(o) = own {
-        for x in o.iter() {
-            h = h.insert(Header {
-                key: x.key,
-                value: x.value,
-            });
-        }
     }
     h
 }

@@ -752,11 +752,10 @@ fn push<M: Message>(buf: &mut RecordBuf, partition: u32, m: &M, cloudevents: Opt
         }
         None => m.payload().unwrap_or_default(),
     };
-    if m.headers().is_some() {
-        buf.push_with_headers(partition, m.offset() as u64, ts, key, value, |out| {
-            super::format::carried_headers(m, out)
-        });
-    } else {
-        buf.push(partition, m.offset() as u64, ts, key, value);
+    match m.headers() {
+        Some(h) => buf.push_with_headers(partition, m.offset() as u64, ts, key, value, |out| {
+            super::format::carried_headers(h, out)
+        }),
+        None => buf.push(partition, m.offset() as u64, ts, key, value),
     }
 }

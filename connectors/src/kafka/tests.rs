@@ -945,7 +945,7 @@ fn a_structured_envelope_goes_out_in_binary_mode_and_reads_back_the_same() {
 
 #[test]
 fn input_headers_are_carried_except_their_encodings_and_onceflows_own_win() {
-    use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage, Timestamp};
+    use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage, Timestamp};
     let pairs = |h: &OwnedHeaders| -> Vec<(String, Option<String>)> {
         h.iter()
             .map(|x| {
@@ -992,7 +992,7 @@ fn input_headers_are_carried_except_their_encodings_and_onceflows_own_win() {
     );
     // The source keeps all but the input's own encoding (ce_*, content-type).
     let mut enc = Vec::new();
-    super::format::carried_headers(&m, &mut enc);
+    super::format::carried_headers(m.headers().unwrap(), &mut enc);
     let kept: Vec<&[u8]> = onceflow_core::headers::iter(&enc).map(|(k, _)| k).collect();
     assert_eq!(
         kept,
@@ -1004,7 +1004,7 @@ fn input_headers_are_carried_except_their_encodings_and_onceflows_own_win() {
         ]
     );
 
-    // onceflow's own headers replace same-named input ones and come last.
+    // onceflow's own headers come first and replace same-named input ones.
     let own = OwnedHeaders::new().insert(Header {
         key: "correlation_id",
         value: Some("ours"),
@@ -1013,10 +1013,10 @@ fn input_headers_are_carried_except_their_encodings_and_onceflows_own_win() {
     assert_eq!(
         pairs(&super::sink::with_input_headers(&enc, Some(own), false)),
         [
+            s("correlation_id", Some("ours")),
             s("traceparent", Some("00-ab-01")),
             s("tenant", None),
             s("onceflow.reason", Some("old")),
-            s("correlation_id", Some("ours")),
         ]
     );
     // Without its own, the input's correlation id stays; a dead letter drops every

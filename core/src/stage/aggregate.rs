@@ -57,10 +57,13 @@ pub struct Aggregate {
     prefixes: Vec<Box<[u8]>>,
     /// The aggregate's name as a JSON string, rendered once.
     name_json: Box<[u8]>,
-    /// Per event type (indexed like `cfg.events`): its name as a JSON string, and
-    /// `"field":` of each data field, rendered once.
-    event_json: Vec<(Box<[u8]>, Vec<Box<[u8]>>)>,
+    /// Per event type (indexed like `cfg.events`): its name and its data fields' keys,
+    /// rendered once.
+    event_json: Vec<EventJson>,
 }
+
+/// An event type's name as a JSON string, and `"field":` of each of its data fields.
+type EventJson = (Box<[u8]>, Vec<Box<[u8]>>);
 
 /// `s` as a JSON string, then `suffix`.
 fn json_text(s: &str, suffix: &[u8]) -> Box<[u8]> {
