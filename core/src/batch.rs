@@ -214,10 +214,12 @@ impl OutBuf {
 /// replaced with U+FFFD.
 #[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
-    // hot path: plain printable ASCII needs no escaping and no UTF-8 check.
-    if s.iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    // hot path: plain printable ASCII needs no escaping and no UTF-8 check. Checked
+    // without a branch per byte (ids, names and dates are short and almost always plain).
+    let plain = s.iter().fold(true, |ok, &c| {
+        ok & (c >= 0x20) & (c < 0x7f) & (c != b'"') & (c != b'\\')
+    });
+    if plain {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s);
@@ -250,6 +252,28 @@ mod tests {
         // One cache line per event: the headers are a length, their bytes in the arena.
         assert_eq!(std::mem::size_of::<Event>(), 64);
         assert_eq!(std::mem::size_of::<OutRec>(), 24);
+    }
+
+    #[test]
+    fn plain_and_escaped_strings_render_as_serde_json_does() {
+        for s in [
+            "",
+            "plain ACC-0000001",
+            "2026-01",
+            "q\"uote",
+            "back\\slash",
+            "tab\t",
+            "\u{7f}",
+            "\u{1f}",
+            " ~",
+            "h\u{e9}llo",
+            "\u{65e5}\u{672c}",
+            "\n\r",
+        ] {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, s.as_bytes());
+            assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
