@@ -219,6 +219,8 @@ pub struct ShardCore<S: Stage> {
     /// A state from `base` could not be decoded: the run must stop before its epoch
     /// commits (see [`ShardCore::take_fatal`]).
     fatal: Option<String>,
+    /// The entry index of each event of the batch being processed (reused across batches).
+    batch_entries: Vec<u32>,
 }
 
 impl<S: Stage> ShardCore<S> {
@@ -250,6 +252,7 @@ impl<S: Stage> ShardCore<S> {
             base: None,
             copy: None,
             fatal: None,
+            batch_entries: Vec::new(),
         }
     }
 
@@ -330,10 +333,30 @@ impl<S: Stage> ShardCore<S> {
         let mut later = Outcomes::default();
         let emit = !batch.replay;
         let slots = self.cfg.slots;
+        // Every key of the batch is looked up first: the lookups do not depend on each
+        // other, so the processor overlaps their cache misses (on the table and on the
+        // entry, whose key the probe compares) instead of paying them one after another
+        // in the middle of each record's work. Nothing here removes an entry, so the
+        // indexes stay valid; new keys get their entries in the same order as before.
+        let mut entries = std::mem::take(&mut self.batch_entries);
+        entries.clear();
+        entries.extend(
+            batch
+                .events
+                .iter()
+                .map(|ev| self.entry_index(ev.key_hash, batch.bytes(ev.key))),
+        );
+        // Then, while applying record i, the state of record i + AHEAD is fetched (its
+        // entry is in cache from the lookup; the state's own heap data, such as a
+        // projection row's fields, usually is not).
+        const AHEAD: usize = 4;
         for (i, ev) in batch.events.iter().enumerate() {
+            if let Some(&next) = entries.get(i + AHEAD) {
+                self.stage.prefetch(&self.entries[next as usize].state);
+            }
             let values = &batch.values[i * slots..(i + 1) * slots];
             let key = batch.bytes(ev.key);
-            let idx = self.entry_index(ev.key_hash, key);
+            let idx = entries[i];
             let view = EventView {
                 values,
                 arena: &batch.arena,
@@ -480,6 +503,7 @@ impl<S: Stage> ShardCore<S> {
             }
             self.expire(ev.input, ev.offset, emit, &mut o, &mut later);
         }
+        self.batch_entries = entries;
         o.part_errors += later.dead_total();
         o
     }
@@ -827,7 +851,7 @@ impl<S: Stage> ShardCore<S> {
 
 /// Hints the CPU to load the cache line at `p` (no effect where unsupported).
 #[inline(always)]
-fn prefetch<T>(p: &T) {
+pub(crate) fn prefetch<T: ?Sized>(p: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint that never faults, whatever the address.
     unsafe {

@@ -490,6 +490,11 @@ impl Aggregate {
 impl Stage for Aggregate {
     type State = AggState;
 
+    #[inline]
+    fn prefetch(&self, state: &AggState) {
+        crate::shard::prefetch(&*state.fields);
+    }
+
     fn new_state(&self, _key: &[u8]) -> AggState {
         AggState {
             version: 0,

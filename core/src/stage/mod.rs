@@ -216,6 +216,11 @@ pub trait Stage: Send + Sync + 'static {
     type State: Send;
     /// State of a key never seen before (`key` as the engine stores it, prefix included).
     fn new_state(&self, key: &[u8]) -> Self::State;
+    /// Asks the CPU to start loading what [`Stage::apply`] will read of `state` outside
+    /// the state itself (its heap data), a few records before it is applied. A hint: the
+    /// default does nothing.
+    #[inline]
+    fn prefetch(&self, _state: &Self::State) {}
     /// Folds one record into the key's state.
     fn apply(
         &self,

@@ -346,6 +346,11 @@ fn type_fits(ty: Type, v: &Val<'_>) -> bool {
 impl Stage for Projections {
     type State = Row;
 
+    #[inline]
+    fn prefetch(&self, row: &Row) {
+        crate::shard::prefetch(&*row.fields);
+    }
+
     fn new_state(&self, key: &[u8]) -> Row {
         let projection = u16::from_be_bytes([key[0], key[1]]);
         Row {
