@@ -7,6 +7,8 @@ mod split;
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::batch::{Event, EventBatch, OutBuf, Part, RECORD};
 use crate::cloudevents::EnvelopeCheck;
 use crate::config::{FieldPath, Format, Pipeline, ProjectionsConfig, projection_slots};
@@ -58,6 +60,33 @@ fn refuse(
 }
 
 /// Where the key of an event is: a string of the decoded record, or bytes of its own.
+/// Where [`Router::push`] put a record's bytes in a shard batch: its decoded strings
+/// from `base`, its raw bytes (then its headers) from `raw_at`.
+#[derive(Debug, Clone, Copy)]
+struct Copied {
+    base: u32,
+    raw_at: u32,
+}
+
+/// The copies of one record made so far, by shard (a record is copied once per batch,
+/// however many of its deliveries go there). A few deliveries per record: a short list.
+#[derive(Default)]
+struct Copies(SmallVec<[(usize, Copied); 4]>);
+
+impl Copies {
+    #[inline]
+    fn get(&self, shard: usize) -> Option<Copied> {
+        self.0.iter().find(|(s, _)| *s == shard).map(|&(_, c)| c)
+    }
+
+    #[inline]
+    fn set(&mut self, shard: usize, c: Copied) {
+        if self.get(shard).is_none() {
+            self.0.push((shard, c));
+        }
+    }
+}
+
 enum KeyAt<'a> {
     Scratch(u32, u32),
     Bytes(&'a [u8]),
@@ -387,11 +416,15 @@ impl Router {
             RECORD,
             Part::WHOLE,
             &at,
+            None,
         );
         Some(shard)
     }
 
-    /// Copies the decoded record into a shard's batch, rebasing string ranges.
+    /// Copies the decoded record into a shard's batch, rebasing string ranges, and
+    /// returns where its copy is (`Copied`). With `shared`, the record's bytes are
+    /// already in this batch from another delivery of it (a projection record with two
+    /// rows on one shard): the event points at them and only its key is added.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn push(
@@ -404,10 +437,21 @@ impl Router {
         target: u32,
         part: Part,
         at: &At<'_>,
-    ) {
+        shared: Option<Copied>,
+    ) -> Copied {
         // hot path
-        let base = b.arena.len() as u32;
-        b.arena.extend_from_slice(scratch_arena);
+        let copied = match shared {
+            Some(c) => c,
+            None => {
+                let base = b.arena.len() as u32;
+                b.arena.extend_from_slice(scratch_arena);
+                let raw_at = b.arena.len() as u32;
+                b.arena.extend_from_slice(at.raw);
+                b.arena.extend_from_slice(at.headers);
+                Copied { base, raw_at }
+            }
+        };
+        let base = copied.base;
         for v in scratch_vals {
             b.values.push(match *v {
                 Value::Str(s, l) => Value::Str(s + base, l),
@@ -422,9 +466,7 @@ impl Router {
                 (at, k.len() as u32)
             }
         };
-        let raw_at = b.arena.len() as u32;
-        b.arena.extend_from_slice(at.raw);
-        b.arena.extend_from_slice(at.headers);
+        let raw_at = copied.raw_at;
         b.events.push(Event {
             input: at.input,
             offset: at.offset,
@@ -437,6 +479,7 @@ impl Router {
             target,
             part,
         });
+        copied
     }
 
     /// A projection pipeline: computes every projection's row key for the record and
@@ -467,11 +510,12 @@ impl Router {
         }
         o.processed += 1;
         let mut last = None;
+        let mut copies = Copies::default();
         for &(target, start, end) in &self.targets {
             let key = &self.target_keys[start..end];
             let key_hash = stable_hash(key);
             let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
-            Self::push(
+            let c = Self::push(
                 &self.scratch_arena,
                 &self.scratch_vals,
                 &mut batches[shard],
@@ -481,7 +525,9 @@ impl Router {
                 target,
                 Part::WHOLE,
                 at,
+                copies.get(shard),
             );
+            copies.set(shard, c);
             last = Some(shard);
         }
         last
@@ -559,10 +605,11 @@ impl Router {
         }
         o.processed += 1;
         let mut last = None;
+        let mut copies = Copies::default();
         for (table, key) in keys.iter() {
             let key_hash = stable_hash(key);
             let shard = bucket(key_hash, SHARD_SALT, self.shards) as usize;
-            Self::push(
+            let c = Self::push(
                 &self.scratch_arena,
                 &self.scratch_vals,
                 &mut batches[shard],
@@ -572,7 +619,9 @@ impl Router {
                 u32::from(table),
                 Part::WHOLE,
                 at,
+                copies.get(shard),
             );
+            copies.set(shard, c);
             last = Some(shard);
         }
         last

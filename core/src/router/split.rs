@@ -123,6 +123,7 @@ impl Router {
                 RECORD,
                 part,
                 at,
+                None,
             );
             last_shard = Some(shard);
         }
@@ -187,6 +188,7 @@ impl Router {
                     target,
                     part,
                     at,
+                    None,
                 );
                 last = Some(shard);
             }
