@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::batch::OutBuf;
 use crate::decode::Value;
-use crate::expr::{Type, Val};
+use crate::expr::{Cell, Type};
 use crate::hash::{PARTITION_SALT, bucket};
 use crate::stats::DeadReason;
 
@@ -277,7 +277,7 @@ pub trait Stage: Send + Sync + 'static {
     }
     /// The key's row as typed values, in the order of its table's [`TableSpec::fields`]
     /// (for query filters); `None` (the default) when the table has no typed fields.
-    fn row_values<'s>(&self, _state: &'s Self::State) -> Option<&'s [Val<'static>]> {
+    fn row_values<'s>(&self, _state: &'s Self::State) -> Option<&'s [Cell]> {
         None
     }
     /// A stage that computes the row keys of each record itself (a Rust projection):
