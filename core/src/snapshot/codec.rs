@@ -251,7 +251,7 @@ pub fn put_cells(out: &mut Vec<u8>, cells: &[Cell]) {
 
 /// Reads values written by [`put_vals`] (or [`put_cells`]) as cells, checking there are
 /// `want` of them. A string is read into its cell directly (no intermediate copy).
-pub fn take_cells(t: &mut Take<'_>, want: usize) -> Result<Box<[Cell]>, String> {
+pub fn take_cells<C: FromIterator<Cell>>(t: &mut Take<'_>, want: usize) -> Result<C, String> {
     let n = t.count(1, "the number of fields")?;
     if n != want {
         return Err(format!(
@@ -302,7 +302,7 @@ mod tests {
         put_cells(&mut again, &cells);
         assert_eq!(again, out);
         let mut t = Take(&out);
-        assert_eq!(take_cells(&mut t, 2).unwrap(), cells.into_boxed_slice());
+        assert_eq!(take_cells::<Vec<Cell>>(&mut t, 2).unwrap(), cells);
         t.end().unwrap();
         // Every truncation is an error, never a panic.
         for n in 0..out.len() {
@@ -311,10 +311,10 @@ mod tests {
         }
         for n in 0..out.len() {
             let mut t = Take(&out[..n]);
-            assert!(take_cells(&mut t, 2).is_err(), "{n}");
+            assert!(take_cells::<Vec<Cell>>(&mut t, 2).is_err(), "{n}");
         }
         assert!(take_vals(&mut Take(&out), 3).is_err());
-        assert!(take_cells(&mut Take(&out), 3).is_err());
+        assert!(take_cells::<Vec<Cell>>(&mut Take(&out), 3).is_err());
         assert!(take_val(&mut Take(&[42])).is_err());
         // A huge count does not allocate.
         let mut huge = vec![LIST];
@@ -336,7 +336,7 @@ mod tests {
         ];
         let mut out = Vec::new();
         put_vals(&mut out, &vals);
-        let cells = take_cells(&mut Take(&out), vals.len()).unwrap();
+        let cells: Vec<Cell> = take_cells(&mut Take(&out), vals.len()).unwrap();
         for (c, v) in cells.iter().zip(&vals) {
             assert_eq!(c.get(), *v);
         }
@@ -349,6 +349,6 @@ mod tests {
         bad.put_u8(STR);
         bad.put_bytes(&[0xff, b'a']);
         assert!(take_vals(&mut Take(&bad), 1).is_err());
-        assert!(take_cells(&mut Take(&bad), 1).is_err());
+        assert!(take_cells::<Vec<Cell>>(&mut Take(&bad), 1).is_err());
     }
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use smallvec::SmallVec;
 
-use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
+use super::{Applied, Emit, EventView, Fields, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::{write_json_str, write_uint};
 use crate::cloudevents;
 use crate::config::{AggregateConfig, CLOUDEVENT_EXTENSIONS, FieldPath, slots};
@@ -38,7 +38,7 @@ pub struct AggState {
     /// Events applied so far.
     pub version: u64,
     /// Field values, in `[aggregate.state]` order.
-    pub fields: Box<[Cell]>,
+    pub fields: Fields,
 }
 
 /// The aggregate stage, built from a checked pipeline.
@@ -494,7 +494,7 @@ impl Stage for Aggregate {
     fn new_state(&self, _key: &[u8]) -> AggState {
         AggState {
             version: 0,
-            fields: self.defaults.clone(),
+            fields: self.defaults.iter().cloned().collect(),
         }
     }
 

@@ -20,6 +20,14 @@ pub use aggregate::{AggState, Aggregate};
 pub use fold::{Fold, FoldState};
 pub use projection::{Projections, Row};
 
+/// Fields a row or an aggregate state keeps inline, in the key's entry itself: reading
+/// them follows no pointer. A projection or state with more fields keeps them all on
+/// the heap.
+pub const INLINE_FIELDS: usize = 6;
+
+/// A row's or an aggregate state's field values, in declaration order.
+pub type Fields = smallvec::SmallVec<[Cell; INLINE_FIELDS]>;
+
 /// The fields of one record, as a stage sees them.
 #[derive(Clone, Copy)]
 pub struct EventView<'a> {

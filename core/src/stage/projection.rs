@@ -14,7 +14,7 @@
 
 use smallvec::SmallVec;
 
-use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
+use super::{Applied, Emit, EventView, Fields, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::write_json_str;
 use crate::config::{FieldPath, ProjectionsConfig, projection_slots as slots};
 use crate::decode::Value;
@@ -32,7 +32,7 @@ pub struct Row {
     /// Deleted by a handler (rendered as a tombstone until it is written again).
     pub deleted: bool,
     /// Field values, in the projection's field order.
-    pub fields: Box<[Cell]>,
+    pub fields: Fields,
 }
 
 struct Compiled {
@@ -353,7 +353,12 @@ impl Stage for Projections {
         Row {
             projection,
             deleted: false,
-            fields: self.compiled[projection as usize].0.defaults.clone(),
+            fields: self.compiled[projection as usize]
+                .0
+                .defaults
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 
