@@ -849,15 +849,30 @@ impl<S: Stage> ShardCore<S> {
     }
 }
 
+/// Hints the CPU to load the cache lines of `s`, up to the first 256 bytes (a row's
+/// fields; no effect where unsupported).
+#[inline(always)]
+pub(crate) fn prefetch_slice<T>(s: &[T]) {
+    let bytes = std::mem::size_of_val(s).min(256);
+    let start = s.as_ptr().cast::<u8>();
+    for off in (0..bytes).step_by(64) {
+        prefetch_at(start.wrapping_add(off));
+    }
+}
+
 /// Hints the CPU to load the cache line at `p` (no effect where unsupported).
 #[inline(always)]
 pub(crate) fn prefetch<T: ?Sized>(p: &T) {
+    prefetch_at((p as *const T).cast::<u8>());
+}
+
+/// Hints the CPU to load the cache line at address `p` (no effect where unsupported).
+#[inline(always)]
+fn prefetch_at(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint that never faults, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (p as *const T).cast::<i8>(),
-        );
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

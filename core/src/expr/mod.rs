@@ -38,6 +38,7 @@
 //! assert_eq!(errors[0].to_string(), "column 1: unknown function 'sise'; did you mean 'size'?");
 //! ```
 
+mod cell;
 mod check;
 mod eval;
 mod fast;
@@ -52,6 +53,7 @@ mod tests;
 
 use std::fmt;
 
+pub use cell::Cell;
 pub use value::{Type, Val};
 
 /// RFC 3339 text in UTC (`2026-05-01T00:00:00Z`) of seconds since the Unix epoch, as

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::expr::{Env, Program, Scope, Slot, Type, Val, compile};
+use crate::expr::{Cell, Env, Program, Scope, Slot, Type, Val, compile};
 use crate::stage::TableSpec;
 
 /// `row.key` in a typed table.
@@ -92,7 +92,7 @@ impl Filter {
         &self,
         key: &str,
         version: u64,
-        fields: &[Val<'static>],
+        fields: &[Cell],
     ) -> Result<bool, String> {
         let env = TypedEnv {
             key,
@@ -150,7 +150,7 @@ fn article(ty: Type) -> &'static str {
 struct TypedEnv<'a> {
     key: &'a str,
     version: i64,
-    fields: &'a [Val<'static>],
+    fields: &'a [Cell],
 }
 
 impl Env for TypedEnv<'_> {
@@ -158,7 +158,7 @@ impl Env for TypedEnv<'_> {
         match slot.0 {
             KEY => Some(Val::str(self.key)),
             VERSION => Some(Val::Int(self.version)),
-            s => self.fields.get((s - FIELDS) as usize).map(Val::reborrow),
+            s => self.fields.get((s - FIELDS) as usize).map(Cell::get),
         }
     }
 }
@@ -220,9 +220,9 @@ mod tests {
         )
         .unwrap();
         let at = Val::Timestamp(1_767_225_600_000_000_000); // 2026-01-01T00:00:00Z
-        let row = [Val::string("Withdrawn"), Val::Int(100), at];
+        let row = [Val::string("Withdrawn"), Val::Int(100), at].map(Cell::from);
         assert!(f.matches_typed("ACC-1:3", 3, &row).unwrap());
-        let row = [Val::string("Withdrawn"), Val::Int(99), Val::Timestamp(0)];
+        let row = [Val::string("Withdrawn"), Val::Int(99), Val::Timestamp(0)].map(Cell::from);
         assert!(!f.matches_typed("ACC-1:3", 3, &row).unwrap());
         let f = Filter::compile("row.key.startsWith('ACC') && row.version > 2", &t).unwrap();
         assert!(f.matches_typed("ACC-1:3", 3, &row).unwrap());

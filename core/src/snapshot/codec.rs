@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::expr::Val;
+use crate::expr::{Cell, Val};
 
 /// Nesting depth of lists and maps a decoder accepts.
 const MAX_DEPTH: u32 = 64;
@@ -241,6 +241,35 @@ pub fn take_vals(t: &mut Take<'_>, want: usize) -> Result<Box<[Val<'static>]>, S
     (0..n).map(|_| take_val(t)).collect()
 }
 
+/// Appends a row's or a state's cells: the same bytes as [`put_vals`] of their values.
+pub fn put_cells(out: &mut Vec<u8>, cells: &[Cell]) {
+    out.put_u64(cells.len() as u64);
+    for c in cells {
+        put_val(out, &c.get());
+    }
+}
+
+/// Reads values written by [`put_vals`] (or [`put_cells`]) as cells, checking there are
+/// `want` of them. A string is read into its cell directly (no intermediate copy).
+pub fn take_cells<C: FromIterator<Cell>>(t: &mut Take<'_>, want: usize) -> Result<C, String> {
+    let n = t.count(1, "the number of fields")?;
+    if n != want {
+        return Err(format!(
+            "the state has {n} fields, the pipeline declares {want}"
+        ));
+    }
+    (0..n)
+        .map(|_| {
+            if t.0.first() == Some(&STR) {
+                t.u8("a value's tag")?;
+                Ok(Cell::str(t.str("a string")?))
+            } else {
+                take_val(t).map(Cell::from)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,17 +295,60 @@ mod tests {
         let mut t = Take(&out);
         let back = take_vals(&mut t, 2).unwrap();
         t.end().unwrap();
-        assert_eq!(&*back, &[v, Val::Bool(false)]);
+        assert_eq!(&*back, &[v.clone(), Val::Bool(false)]);
+        // Cells write the same bytes and read them back.
+        let cells: Vec<Cell> = back.iter().cloned().map(Cell::from).collect();
+        let mut again = Vec::new();
+        put_cells(&mut again, &cells);
+        assert_eq!(again, out);
+        let mut t = Take(&out);
+        assert_eq!(take_cells::<Vec<Cell>>(&mut t, 2).unwrap(), cells);
+        t.end().unwrap();
         // Every truncation is an error, never a panic.
         for n in 0..out.len() {
             let mut t = Take(&out[..n]);
             assert!(take_vals(&mut t, 2).is_err(), "{n}");
         }
+        for n in 0..out.len() {
+            let mut t = Take(&out[..n]);
+            assert!(take_cells::<Vec<Cell>>(&mut t, 2).is_err(), "{n}");
+        }
         assert!(take_vals(&mut Take(&out), 3).is_err());
+        assert!(take_cells::<Vec<Cell>>(&mut Take(&out), 3).is_err());
         assert!(take_val(&mut Take(&[42])).is_err());
         // A huge count does not allocate.
         let mut huge = vec![LIST];
         huge.put_u64(u64::MAX);
         assert!(take_val(&mut Take(&huge)).is_err());
+    }
+
+    #[test]
+    fn cells_read_what_vals_wrote() {
+        let vals = [
+            Val::str(""),
+            Val::str("EUR"),
+            Val::string("é".repeat(11)),
+            Val::string("é".repeat(12)),
+            Val::string("a string longer than twenty-two bytes"),
+            Val::Int(7),
+            Val::Timestamp(-3),
+            Val::list(vec![Val::str("x")]),
+        ];
+        let mut out = Vec::new();
+        put_vals(&mut out, &vals);
+        let cells: Vec<Cell> = take_cells(&mut Take(&out), vals.len()).unwrap();
+        for (c, v) in cells.iter().zip(&vals) {
+            assert_eq!(c.get(), *v);
+        }
+        let mut again = Vec::new();
+        put_cells(&mut again, &cells);
+        assert_eq!(again, out);
+        // A string that is not UTF-8 is an error, as for values.
+        let mut bad = Vec::new();
+        bad.put_u64(1);
+        bad.put_u8(STR);
+        bad.put_bytes(&[0xff, b'a']);
+        assert!(take_vals(&mut Take(&bad), 1).is_err());
+        assert!(take_cells::<Vec<Cell>>(&mut Take(&bad), 1).is_err());
     }
 }

@@ -19,12 +19,12 @@ use std::collections::HashMap;
 
 use smallvec::SmallVec;
 
-use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
+use super::{Applied, Emit, EventView, Fields, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::{write_json_str, write_uint};
 use crate::cloudevents;
 use crate::config::{AggregateConfig, CLOUDEVENT_EXTENSIONS, FieldPath, slots};
 use crate::decode::Value;
-use crate::expr::{Env, EvalError, Slot, Type, Val};
+use crate::expr::{Cell, Env, EvalError, Slot, Type, Val};
 use crate::stats::DeadReason;
 
 /// Index of the events output in [`Stage::outputs`].
@@ -38,7 +38,7 @@ pub struct AggState {
     /// Events applied so far.
     pub version: u64,
     /// Field values, in `[aggregate.state]` order.
-    pub fields: Box<[Val<'static>]>,
+    pub fields: Fields,
 }
 
 /// The aggregate stage, built from a checked pipeline.
@@ -52,7 +52,8 @@ pub struct Aggregate {
     correlation_slot: usize,
     expected_version_slot: usize,
     handlers: HashMap<String, usize, foldhash::fast::FixedState>,
-    defaults: Box<[Val<'static>]>,
+    /// Cloning them for a new key allocates only strings longer than [`Cell::INLINE`].
+    defaults: Box<[Cell]>,
     /// `"name":` of each state field, rendered once.
     prefixes: Vec<Box<[u8]>>,
     /// The aggregate's name as a JSON string, rendered once.
@@ -105,7 +106,7 @@ impl Aggregate {
                 .program
                 .eval(&NoVars)
                 .map_err(|e| format!("state.{}: default `{}`: {e}", f.name, f.default.src))?;
-            defaults.push(v.into_owned());
+            defaults.push(Cell::from(v));
         }
         Ok(Aggregate {
             cmd_slots: cfg.cmd_fields.iter().map(slot).collect(),
@@ -152,16 +153,16 @@ impl Env for NoVars {
 /// State as an expression sees it: the committed fields, overlaid by what the events of
 /// the current command changed so far.
 struct StateView<'a> {
-    fields: &'a [Val<'static>],
-    overlay: &'a [(usize, Val<'static>)],
+    fields: &'a [Cell],
+    overlay: &'a [(usize, Cell)],
 }
 
 impl StateView<'_> {
     #[inline]
     fn get(&self, i: usize) -> Val<'_> {
         match self.overlay.iter().rev().find(|(j, _)| *j == i) {
-            Some((_, v)) => v.reborrow(),
-            None => self.fields[i].reborrow(),
+            Some((_, v)) => v.get(),
+            None => self.fields[i].get(),
         }
     }
 }
@@ -251,7 +252,7 @@ impl Aggregate {
     fn cmd_env<'a>(
         &'a self,
         state: &'a AggState,
-        overlay: &'a [(usize, Val<'static>)],
+        overlay: &'a [(usize, Cell)],
         ev: EventView<'a>,
         key: &'a str,
         version: u64,
@@ -276,7 +277,7 @@ impl Aggregate {
         state: &AggState,
         ev: EventView<'_>,
         key: &str,
-        overlay: &mut SmallVec<[(usize, Val<'static>); 8]>,
+        overlay: &mut SmallVec<[(usize, Cell); 8]>,
         pending: &mut SmallVec<[Pending; 2]>,
     ) -> Result<(), Reject> {
         let h = &self.cfg.commands[handler];
@@ -340,7 +341,7 @@ impl Aggregate {
                 }
             }
             version += 1;
-            let mut changes: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
+            let mut changes: SmallVec<[(usize, Cell); 8]> = SmallVec::new();
             {
                 let env = ApplyEnv {
                     state: StateView {
@@ -353,7 +354,7 @@ impl Aggregate {
                     version,
                 };
                 for (si, x) in &et.set {
-                    let v = x.program.eval(&env)?.into_owned();
+                    let v = x.program.eval(&env)?;
                     let ty = self.cfg.state[*si].ty;
                     if !type_fits(ty, &v) {
                         return Err(Reject {
@@ -367,7 +368,7 @@ impl Aggregate {
                             ),
                         });
                     }
-                    changes.push((*si, v));
+                    changes.push((*si, Cell::from(v)));
                 }
             }
             for (si, v) in changes {
@@ -492,13 +493,13 @@ impl Stage for Aggregate {
 
     #[inline]
     fn prefetch(&self, state: &AggState) {
-        crate::shard::prefetch(&*state.fields);
+        crate::shard::prefetch_slice(&state.fields);
     }
 
     fn new_state(&self, _key: &[u8]) -> AggState {
         AggState {
             version: 0,
-            fields: self.defaults.clone(),
+            fields: self.defaults.iter().cloned().collect(),
         }
     }
 
@@ -592,17 +593,17 @@ impl Stage for Aggregate {
     }
 
     fn encode_state(&self, state: &AggState, out: &mut Vec<u8>) -> bool {
-        use crate::snapshot::codec::{Put, put_vals};
+        use crate::snapshot::codec::{Put, put_cells};
         out.put_u64(state.version);
-        put_vals(out, &state.fields);
+        put_cells(out, &state.fields);
         true
     }
 
     fn decode_state(&self, _key: &[u8], bytes: &[u8]) -> Result<AggState, String> {
-        use crate::snapshot::codec::{Take, take_vals};
+        use crate::snapshot::codec::{Take, take_cells};
         let mut t = Take(bytes);
         let version = t.u64("the aggregate's version")?;
-        let fields = take_vals(&mut t, self.defaults.len())?;
+        let fields = take_cells(&mut t, self.defaults.len())?;
         t.end()?;
         Ok(AggState { version, fields })
     }
@@ -639,7 +640,7 @@ impl Stage for Aggregate {
         }]
     }
 
-    fn row_values<'s>(&self, state: &'s AggState) -> Option<&'s [Val<'static>]> {
+    fn row_values<'s>(&self, state: &'s AggState) -> Option<&'s [Cell]> {
         Some(&state.fields)
     }
 }
@@ -647,7 +648,7 @@ impl Stage for Aggregate {
 /// Replaces the state's changed fields and version; `Unchanged` when nothing was emitted.
 fn commit(
     state: &mut AggState,
-    overlay: SmallVec<[(usize, Val<'static>); 8]>,
+    overlay: SmallVec<[(usize, Cell); 8]>,
     pending: &[Pending],
 ) -> Applied {
     let Some(last) = pending.last() else {

@@ -12,13 +12,21 @@ use std::sync::Arc;
 
 use crate::batch::OutBuf;
 use crate::decode::Value;
-use crate::expr::{Type, Val};
+use crate::expr::{Cell, Type};
 use crate::hash::{PARTITION_SALT, bucket};
 use crate::stats::DeadReason;
 
 pub use aggregate::{AggState, Aggregate};
 pub use fold::{Fold, FoldState};
 pub use projection::{Projections, Row};
+
+/// Fields a row or an aggregate state keeps inline, in the key's entry itself: reading
+/// them follows no pointer. A projection or state with more fields keeps them all on
+/// the heap.
+pub const INLINE_FIELDS: usize = 6;
+
+/// A row's or an aggregate state's field values, in declaration order.
+pub type Fields = smallvec::SmallVec<[Cell; INLINE_FIELDS]>;
 
 /// The fields of one record, as a stage sees them.
 #[derive(Clone, Copy)]
@@ -216,9 +224,9 @@ pub trait Stage: Send + Sync + 'static {
     type State: Send;
     /// State of a key never seen before (`key` as the engine stores it, prefix included).
     fn new_state(&self, key: &[u8]) -> Self::State;
-    /// Asks the CPU to start loading what [`Stage::apply`] will read of `state` outside
-    /// the state itself (its heap data), a few records before it is applied. A hint: the
-    /// default does nothing.
+    /// Asks the CPU to start loading what [`Stage::apply`] will read of `state` that the
+    /// key lookup did not bring into cache (fields past the entry's first cache line,
+    /// heap data), a few records before it is applied. A hint: the default does nothing.
     #[inline]
     fn prefetch(&self, _state: &Self::State) {}
     /// Folds one record into the key's state.
@@ -282,7 +290,7 @@ pub trait Stage: Send + Sync + 'static {
     }
     /// The key's row as typed values, in the order of its table's [`TableSpec::fields`]
     /// (for query filters); `None` (the default) when the table has no typed fields.
-    fn row_values<'s>(&self, _state: &'s Self::State) -> Option<&'s [Val<'static>]> {
+    fn row_values<'s>(&self, _state: &'s Self::State) -> Option<&'s [Cell]> {
         None
     }
     /// A stage that computes the row keys of each record itself (a Rust projection):

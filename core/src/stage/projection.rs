@@ -14,11 +14,11 @@
 
 use smallvec::SmallVec;
 
-use super::{Applied, Emit, EventView, OutputSpec, Refused, Stage, TableSpec};
+use super::{Applied, Emit, EventView, Fields, OutputSpec, Refused, Stage, TableSpec};
 use crate::batch::write_json_str;
 use crate::config::{FieldPath, ProjectionsConfig, projection_slots as slots};
 use crate::decode::Value;
-use crate::expr::{Env, Slot, Type, Val};
+use crate::expr::{Cell, Env, Slot, Type, Val};
 use crate::stats::DeadReason;
 
 /// Bytes of the projection index at the start of every row key.
@@ -32,13 +32,14 @@ pub struct Row {
     /// Deleted by a handler (rendered as a tombstone until it is written again).
     pub deleted: bool,
     /// Field values, in the projection's field order.
-    pub fields: Box<[Val<'static>]>,
+    pub fields: Fields,
 }
 
 struct Compiled {
     /// Rendered `"name":` per field.
     prefixes: Vec<Box<[u8]>>,
-    defaults: Box<[Val<'static>]>,
+    /// Cloning them for a new row allocates only strings longer than [`Cell::INLINE`].
+    defaults: Box<[Cell]>,
     /// Per handler, per `set` entry: the expression is the projection's `key` (the same
     /// source, a string), so its value is the row key the router computed from this
     /// very event: read it instead of evaluating again (e.g. a daily report's `day`).
@@ -73,7 +74,7 @@ impl Env for NoVars {
 }
 
 struct RowEnv<'a> {
-    fields: &'a [Val<'static>],
+    fields: &'a [Cell],
     /// The row key (UTF-8 from the router; read as text only when an expression asks).
     key: &'a [u8],
     ev: EventView<'a>,
@@ -90,9 +91,7 @@ impl Env for RowEnv<'_> {
         } else if s == slots::ROW_KEY {
             Some(Val::str(key_text(self.key)))
         } else {
-            self.fields
-                .get((s - slots::ROW) as usize)
-                .map(Val::reborrow)
+            self.fields.get((s - slots::ROW) as usize).map(Cell::get)
         }
     }
 }
@@ -132,7 +131,7 @@ impl Projections {
                         p.name, f.name, f.default.src
                     )
                 })?;
-                defaults.push(v.into_owned());
+                defaults.push(Cell::from(v));
             }
             compiled.push(CompiledDebug(Compiled {
                 prefixes: p
@@ -241,7 +240,10 @@ impl Projections {
             for ((prefix, v), d) in c.prefixes.iter().zip(&set).zip(c.defaults.iter()) {
                 out.push(b',');
                 out.extend_from_slice(prefix);
-                v.as_ref().unwrap_or(d).write_json(out);
+                match v {
+                    Some(v) => v.write_json(out),
+                    None => d.write_json(out),
+                }
             }
             out.push(b'}');
         });
@@ -348,7 +350,7 @@ impl Stage for Projections {
 
     #[inline]
     fn prefetch(&self, row: &Row) {
-        crate::shard::prefetch(&*row.fields);
+        crate::shard::prefetch_slice(&row.fields);
     }
 
     fn new_state(&self, key: &[u8]) -> Row {
@@ -356,19 +358,24 @@ impl Stage for Projections {
         Row {
             projection,
             deleted: false,
-            fields: self.compiled[projection as usize].0.defaults.clone(),
+            fields: self.compiled[projection as usize]
+                .0
+                .defaults
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 
     fn encode_state(&self, row: &Row, out: &mut Vec<u8>) -> bool {
-        use crate::snapshot::codec::{Put, put_vals};
+        use crate::snapshot::codec::{Put, put_cells};
         out.put_u8(u8::from(row.deleted));
-        put_vals(out, &row.fields);
+        put_cells(out, &row.fields);
         true
     }
 
     fn decode_state(&self, key: &[u8], bytes: &[u8]) -> Result<Row, String> {
-        use crate::snapshot::codec::{Take, take_vals};
+        use crate::snapshot::codec::{Take, take_cells};
         let [a, b, ..] = *key else {
             return Err("a projection row's key has no projection prefix".into());
         };
@@ -385,7 +392,7 @@ impl Stage for Projections {
             1 => true,
             other => return Err(format!("bad deleted flag {other}")),
         };
-        let fields = take_vals(&mut t, compiled.0.defaults.len())?;
+        let fields = take_cells(&mut t, compiled.0.defaults.len())?;
         t.end()?;
         Ok(Row {
             projection,
@@ -419,10 +426,10 @@ impl Stage for Projections {
         };
         // Handlers apply in order, each reading the row as the previous ones left it; an
         // undo log restores the row if a later one fails (all or nothing).
-        let mut undo: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
+        let mut undo: SmallVec<[(usize, Cell); 8]> = SmallVec::new();
         let mut matched = false;
         let mut delete = false;
-        let rollback = |row: &mut Row, undo: SmallVec<[(usize, Val<'static>); 8]>| {
+        let rollback = |row: &mut Row, undo: SmallVec<[(usize, Cell); 8]>| {
             for (i, old) in undo.into_iter().rev() {
                 row.fields[i] = old;
             }
@@ -432,7 +439,7 @@ impl Stage for Projections {
             {
                 continue;
             }
-            let mut these: SmallVec<[(usize, Val<'static>); 8]> = SmallVec::new();
+            let mut these: SmallVec<[(usize, Cell); 8]> = SmallVec::new();
             let outcome = (|| {
                 let env = RowEnv {
                     fields: &row.fields,
@@ -456,8 +463,8 @@ impl Stage for Projections {
                     };
                     // A field set to what it holds (an account's name, a row's day) keeps
                     // its value: no copy of it.
-                    if v != env.fields[*i] {
-                        these.push((*i, v.into_owned()));
+                    if !env.fields[*i].eq_val(&v) {
+                        these.push((*i, Cell::from(v)));
                     }
                 }
                 if let Some(d) = &h.delete {
@@ -487,7 +494,9 @@ impl Stage for Projections {
         }
         if delete {
             row.deleted = true;
-            row.fields = self.compiled[row.projection as usize].0.defaults.clone();
+            // In place: the row's array is reused, short strings are copied inline.
+            row.fields
+                .clone_from_slice(&self.compiled[row.projection as usize].0.defaults);
         } else {
             row.deleted = false;
         }
@@ -549,7 +558,7 @@ impl Stage for Projections {
             .collect()
     }
 
-    fn row_values<'s>(&self, row: &'s Row) -> Option<&'s [Val<'static>]> {
+    fn row_values<'s>(&self, row: &'s Row) -> Option<&'s [Cell]> {
         Some(&row.fields)
     }
 }

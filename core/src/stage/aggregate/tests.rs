@@ -190,9 +190,9 @@ fn field_str(st: &AggState, agg: &Aggregate, name: &str) -> String {
         .iter()
         .position(|f| f.name == name)
         .unwrap();
-    match &st.fields[i] {
-        Val::Str(s) => s.to_string(),
-        other => panic!("{name} is {other:?}"),
+    match st.fields[i].as_str() {
+        Some(s) => s.to_string(),
+        None => panic!("{name} is {:?}", st.fields[i]),
     }
 }
 
