@@ -346,9 +346,9 @@ impl<S: Stage> ShardCore<S> {
                 .iter()
                 .map(|ev| self.entry_index(ev.key_hash, batch.bytes(ev.key))),
         );
-        // Then, while applying record i, the state of record i + AHEAD is fetched (its
-        // entry is in cache from the lookup; the state's own heap data, such as a
-        // projection row's fields, usually is not).
+        // Then, while applying record i, the state of record i + AHEAD is fetched: the
+        // lookup brought the start of its entry into cache, not the rest of the state
+        // (a row's fields further on in the entry, or on the heap).
         const AHEAD: usize = 4;
         for (i, ev) in batch.events.iter().enumerate() {
             if let Some(&next) = entries.get(i + AHEAD) {
@@ -862,7 +862,7 @@ pub(crate) fn prefetch_slice<T>(s: &[T]) {
 
 /// Hints the CPU to load the cache line at `p` (no effect where unsupported).
 #[inline(always)]
-pub(crate) fn prefetch<T: ?Sized>(p: &T) {
+fn prefetch<T>(p: &T) {
     prefetch_at((p as *const T).cast::<u8>());
 }
 

@@ -222,26 +222,9 @@ fn take_val_at(t: &mut Take<'_>, depth: u32) -> Result<Val<'static>, String> {
     })
 }
 
-/// Appends a list of values (a row, an aggregate's fields).
-pub fn put_vals(out: &mut Vec<u8>, vals: &[Val<'_>]) {
-    out.put_u64(vals.len() as u64);
-    for v in vals {
-        put_val(out, v);
-    }
-}
-
-/// Reads values written by [`put_vals`], checking there are `want` of them.
-pub fn take_vals(t: &mut Take<'_>, want: usize) -> Result<Box<[Val<'static>]>, String> {
-    let n = t.count(1, "the number of fields")?;
-    if n != want {
-        return Err(format!(
-            "the state has {n} fields, the pipeline declares {want}"
-        ));
-    }
-    (0..n).map(|_| take_val(t)).collect()
-}
-
-/// Appends a row's or a state's cells: the same bytes as [`put_vals`] of their values.
+/// Appends a row's or a state's fields: their count, then each value as [`put_val`]
+/// writes it. (Rows and states were lists of values before they were cells, written
+/// the same way: snapshots written then read as cells.)
 pub fn put_cells(out: &mut Vec<u8>, cells: &[Cell]) {
     out.put_u64(cells.len() as u64);
     for c in cells {
@@ -249,8 +232,7 @@ pub fn put_cells(out: &mut Vec<u8>, cells: &[Cell]) {
     }
 }
 
-/// Reads values written by [`put_vals`] (or [`put_cells`]) as cells, checking there are
-/// `want` of them. A string is read into its cell directly (no intermediate copy).
+/// Reads fields written by [`put_cells`] as cells, checking there are `want` of them. A string is read into its cell directly (no intermediate copy).
 pub fn take_cells<C: FromIterator<Cell>>(t: &mut Take<'_>, want: usize) -> Result<C, String> {
     let n = t.count(1, "the number of fields")?;
     if n != want {
@@ -273,6 +255,23 @@ pub fn take_cells<C: FromIterator<Cell>>(t: &mut Take<'_>, want: usize) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list of values as rows and states were written before they were cells.
+    fn put_vals(out: &mut Vec<u8>, vals: &[Val<'_>]) {
+        out.put_u64(vals.len() as u64);
+        for v in vals {
+            put_val(out, v);
+        }
+    }
+
+    /// Reads values written by [`put_vals`], checking there are `want` of them.
+    fn take_vals(t: &mut Take<'_>, want: usize) -> Result<Box<[Val<'static>]>, String> {
+        let n = t.count(1, "the number of fields")?;
+        if n != want {
+            return Err(format!("{n} fields, want {want}"));
+        }
+        (0..n).map(|_| take_val(t)).collect()
+    }
 
     #[test]
     fn values_round_trip_and_bad_bytes_are_errors() {

@@ -183,6 +183,27 @@ fn setup() -> (Aggregate, Extractor) {
     (agg, Extractor::new(&slots))
 }
 
+/// Decodes command `line` and applies it to `st`, emitting through `emit`.
+fn apply_line(
+    agg: &Aggregate,
+    ex: &Extractor,
+    st: &mut AggState,
+    line: &str,
+    emit: &mut Emit<'_>,
+) -> Result<Applied, Refused> {
+    let mut arena = Vec::new();
+    let mut vals = vec![Value::Missing; ex.slots()];
+    ex.extract(line.as_bytes(), &mut arena, &mut vals).unwrap();
+    agg.apply(
+        st,
+        EventView {
+            values: &vals,
+            arena: &arena,
+        },
+        emit,
+    )
+}
+
 fn field_str(st: &AggState, agg: &Aggregate, name: &str) -> String {
     let i = agg
         .config()
@@ -218,24 +239,20 @@ proptest! {
         let (agg, ex) = setup();
         let mut states: Vec<AggState> = (0..3).map(|_| agg.new_state(b"A")).collect();
         let mut models: Vec<Account> = vec![Account::default(); 3];
-        let mut arena = Vec::new();
-        let mut vals = vec![Value::Missing; ex.slots()];
         for (i, (acc, cmd)) in cmds.iter().enumerate() {
             let key = format!("A{acc}");
             let ts = 1_767_225_600_000 + i as i64;
             let line = json(&key, cmd, i, ts);
-            arena.clear();
-            vals.fill(Value::Missing);
-            ex.extract(line.as_bytes(), &mut arena, &mut vals).unwrap();
             let mut outs = [OutBuf::default(), OutBuf::default()];
             let before = states[*acc].clone();
-            let applied = agg
-                .apply(
-                    &mut states[*acc],
-                    EventView { values: &vals, arena: &arena },
-                    &mut Emit::new(key.as_bytes(), "cmds", 0, i as u64, &mut outs, &[1, 1]),
-                )
-                .unwrap();
+            let applied = apply_line(
+                &agg,
+                &ex,
+                &mut states[*acc],
+                &line,
+                &mut Emit::new(key.as_bytes(), "cmds", 0, i as u64, &mut outs, &[1, 1]),
+            )
+            .unwrap();
             let want = model(&mut models[*acc], cmd, ts);
             let events: Vec<serde_json::Value> = outs[EVENTS]
                 .iter()
@@ -296,20 +313,9 @@ fn replay_without_outputs_reaches_the_same_state() {
         let mut st = agg.new_state(b"A");
         let mut outs = [OutBuf::default(), OutBuf::default()];
         for (i, l) in lines.iter().enumerate() {
-            let mut arena = Vec::new();
-            let mut vals = vec![Value::Missing; ex.slots()];
-            ex.extract(l.as_bytes(), &mut arena, &mut vals).unwrap();
             let mut emit = Emit::new(b"A", "cmds", 0, i as u64, &mut outs, &[1, 1]);
             emit.enabled = enabled;
-            agg.apply(
-                &mut st,
-                EventView {
-                    values: &vals,
-                    arena: &arena,
-                },
-                &mut emit,
-            )
-            .unwrap();
+            apply_line(&agg, &ex, &mut st, l, &mut emit).unwrap();
         }
         (st, outs[EVENTS].len(), outs[REJECTIONS].len())
     };
@@ -348,20 +354,9 @@ fn events_and_rejections_carry_their_commands_headers() {
             b"traceparent",
             Some(format!("tp-{i}").as_bytes()),
         );
-        let mut arena = Vec::new();
-        let mut vals = vec![Value::Missing; ex.slots()];
-        ex.extract(l.as_bytes(), &mut arena, &mut vals).unwrap();
         let mut emit =
             Emit::new(b"A", "cmds", 0, i as u64, &mut outs, &[1, 1]).with_headers(&headers);
-        agg.apply(
-            &mut st,
-            EventView {
-                values: &vals,
-                arena: &arena,
-            },
-            &mut emit,
-        )
-        .unwrap();
+        apply_line(&agg, &ex, &mut st, l, &mut emit).unwrap();
     }
     let traces = |buf: &OutBuf| -> Vec<Vec<u8>> {
         buf.iter_headed()
@@ -383,27 +378,16 @@ fn unknown_and_untyped_commands_are_refused_with_unknown_type() {
         (r#"{"account":"A","type":7}"#, "no string field 'type'"),
         (r#"{"account":"A"}"#, "no string field 'type'"),
     ] {
-        let mut arena = Vec::new();
-        let mut vals = vec![Value::Missing; ex.slots()];
-        ex.extract(line.as_bytes(), &mut arena, &mut vals).unwrap();
         let mut st = agg.new_state(b"A");
-        let err = agg
-            .apply(
-                &mut st,
-                EventView {
-                    values: &vals,
-                    arena: &arena,
-                },
-                &mut Emit::new(
-                    b"A",
-                    "cmds",
-                    0,
-                    0,
-                    &mut [OutBuf::default(), OutBuf::default()],
-                    &[1, 1],
-                ),
-            )
-            .unwrap_err();
+        let mut outs = [OutBuf::default(), OutBuf::default()];
+        let err = apply_line(
+            &agg,
+            &ex,
+            &mut st,
+            line,
+            &mut Emit::new(b"A", "cmds", 0, 0, &mut outs, &[1, 1]),
+        )
+        .unwrap_err();
         assert_eq!(err.reason, DeadReason::UnknownType);
         assert!(err.detail.contains(want), "{}", err.detail);
     }
